@@ -1,0 +1,237 @@
+"""The command line: a thin layer over the Python API.
+
+Every user mistake ends in one line on stderr naming the problem and the fix, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from . import __version__
+from .errors import UserError
+from .spec import FIELD_NAMES, RunSpec, from_dict, load_toml
+
+HELP = {
+    "dataset": "digits (embedded), fashion-mnist, mnist, cifar10, imagefolder, imagefolder:PATH or npz:PATH",
+    "data_dir": "where the dataset's files are (else $RETHINK_DATA/<name>, else /usr/share/datasets/<name>)",
+    "train_size": "a seeded, class-stratified subset of the training set",
+    "test_size": "a seeded, class-stratified subset of the test set",
+    "preprocess": "standard (centre crop + per-image standardization) or none (pixels in [0, 1])",
+    "crop": "centre crop: auto (32 -> 28, else none), none, or a side length",
+    "randomize": "none, partial-labels, random-labels, shuffled-pixels, random-pixels or gaussian",
+    "p": "label corruption probability for partial-labels",
+    "test_labels": "clean (the paper) or corrupted (test labels corrupted with the same p)",
+    "test_inputs": "pixel/gaussian tests: randomized (test images treated like training images) or clean",
+    "model": "a registered model (see 'rethink models') or package.module:factory",
+    "hidden": "hidden layer widths for --model mlp, e.g. 512,512",
+    "width": "width multiplier for narrower or wider models",
+    "dropout": "dropout probability",
+    "lr": "initial learning rate (default 0.1 for Inception, 0.01 otherwise)",
+    "lr_decay": "learning rate factor after every epoch (paper: 0.95; 1 keeps it constant)",
+    "momentum": "SGD momentum",
+    "weight_decay": "L2 weight decay on weights (not biases)",
+    "batch_size": "mini-batch size",
+    "epochs": "epoch budget",
+    "max_steps": "step budget (whichever of epochs and steps ends first)",
+    "augment": "comma list of crop, flip, color (batched on the device)",
+    "eval_every": "evaluate every N steps (default: once per epoch)",
+    "fit_threshold": "training accuracy that counts as fitted",
+    "seed": "one seed for data randomization, subset, initialization, batch order and augmentation",
+    "device": "auto, cpu or cuda",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        print(f"{self.prog}: error: {message}; see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(2)
+
+
+def _add_spec_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", metavar="FILE.toml", help="a spec file (keys: the flags' names with underscores); flags override it")
+    for f in fields(RunSpec):
+        if f.name == "stop_on_fit":
+            p.add_argument("--no-stop-on-fit", dest="stop_on_fit", action="store_const", const=False,
+                           default=argparse.SUPPRESS, help="train to the budget even after fitting (time to fit is still recorded)")
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
+                       help=f"{HELP.get(f.name, '')} (default: {f.default})")
+
+
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    values = load_toml(args.spec) if getattr(args, "spec", None) else {}
+    values.update({k: v for k, v in vars(args).items() if k in FIELD_NAMES})
+    return from_dict(values)
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _pct(v) -> str:
+    return "" if v is None else f"{100 * v:.2f}%"
+
+
+def fmt_fit(ttf) -> str:
+    if not ttf:
+        return "not fitted"
+    return f"{ttf['steps']} steps / {ttf['epochs']:.1f} ep / {ttf['seconds']:.1f} s"
+
+
+def cmd_run(args) -> int:
+    from tqdm import tqdm
+
+    from .api import run
+
+    spec = spec_from_args(args)
+    bar = None
+
+    def progress(step, total, row):
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, file=sys.stderr, unit="step", desc=spec.run_id, mininterval=0.5)
+        bar.update(step - bar.n)
+        bar.set_postfix(train=_pct(row["train_acc"]), test=_pct(row["test_acc"]), refresh=False)
+
+    try:
+        result = run(spec, args.store, force=args.force, checkpoint_dir=args.checkpoint_dir,
+                     checkpoint_interval=args.checkpoint_interval, on_progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    s = result.summary
+    if not args.quiet:
+        note = " (already in the store; --force runs it again)" if result.cached else ""
+        print(_table([[result.run_id, result.status, s.get("num_params"), _pct(s.get("train_acc")),
+                       _pct(s.get("test_acc")), fmt_fit(s.get("time_to_fit")), s.get("steps")]],
+                     ["run", "status", "params", "train acc", "test acc", "time to fit", "steps"]) + note,
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return 0
+
+
+def cmd_models(args) -> int:
+    import torch
+
+    from .models import build, describe, num_params
+
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+        assert len(shape) == 3 and min(shape) > 0
+    except (ValueError, AssertionError):
+        raise UserError(f"--input-shape {args.input_shape!r} must be C,H,W, e.g. 3,28,28") from None
+    if args.num_classes < 1:
+        raise UserError(f"--num-classes {args.num_classes} must be positive")
+    rows = []
+    for name, desc in describe():
+        torch.manual_seed(0)
+        rows.append([name, f"{num_params(build(name, shape, args.num_classes)):,}", desc])
+    print(_table(rows, ["model", f"params @ {args.input_shape}, {args.num_classes} classes", "description"]))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .store import Store
+
+    rows = []
+    for r in Store(args.store).runs():
+        sp, s = r["spec"], r["summary"] or {}
+        test = sp["randomize"] + (f" p={sp['p']}" if sp["randomize"] == "partial-labels" else "")
+        rows.append([r["run_id"], r["status"], sp["dataset"], sp["model"], test, _pct(s.get("train_acc")),
+                     _pct(s.get("test_acc")), fmt_fit(s.get("time_to_fit")) if s else ""])
+    print(_table(rows, ["run", "status", "dataset", "model", "test", "train acc", "test acc", "time to fit"]))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .store import Store
+
+    n = Store(args.store).export_csv(args.out, args.what, args.run_id or None)
+    if args.out != "-":
+        print(f"wrote {n} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import demo
+
+    demo(out=args.out, store=args.store)
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import dataset_names
+
+    print("\n".join(dataset_names()))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from .api import DEFAULT_STORE
+
+    top = _Parser(prog="rethink", description="Randomization tests of generalization (Zhang et al., ICLR 2017).")
+    top.add_argument("--version", action="version", version=f"rethink {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="train one model under one randomization test")
+    _add_spec_flags(p)
+    p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite results file (default {DEFAULT_STORE})")
+    p.add_argument("--checkpoint-dir", help="checkpoint folder (default: checkpoints/ beside the store)")
+    p.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="checkpoint at the first epoch end after this many seconds (0: every epoch; default 60)")
+    p.add_argument("--force", action="store_true", help="run again even if the store has this run finished")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the six tests and a p sweep on the embedded digits set (about a minute)")
+    p.add_argument("--out", default="demo-out", help="folder for the table and learning-curve PNG")
+    p.add_argument("--store", default=None, help="SQLite file (default: OUT/demo.sqlite)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list registered models with their parameter counts")
+    p.add_argument("--input-shape", default="3,28,28", help="C,H,W (default 3,28,28)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("datasets", help="list the dataset sources")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("runs", help="list the runs in a store")
+    p.add_argument("--store", default=DEFAULT_STORE)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("export", help="write a store's metrics as CSV")
+    p.add_argument("--store", default=DEFAULT_STORE)
+    p.add_argument("--out", default="-", help="CSV file (default: stdout)")
+    p.add_argument("--what", choices=("evals", "steps", "runs"), default="evals")
+    p.add_argument("--run-id", action="append", help="only this run (repeatable)")
+    p.set_defaults(func=cmd_export)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"rethink: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rethink: interrupted; finished runs are in the store, run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""The dataset registry: names -> :class:`~rethink.data.dataset.Dataset`.
+
+Names:
+
+* ``digits``: scikit-learn's bundled 8x8 digits (no files needed), split 1,437 train / 360 test
+  by a fixed, seeded, stratified split. The default that always works.
+* ``mnist``, ``fashion-mnist``: the four IDX files (gzipped or not).
+* ``cifar10``: the CIFAR-10 python pickles (folder or the original tarball).
+* ``imagefolder:PATH``: ``train/<class>/*`` and ``test/<class>/*`` images (folder or .tar.gz).
+* ``npz:PATH``: a ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test``.
+
+File-based datasets are looked up in ``data_dir`` if given (it or its ``<name>`` subfolder),
+else in ``$RETHINK_DATA/<name>`` and then ``SYSTEM_DATA_DIR/<name>`` (Debian's
+``dataset-fashion-mnist`` package installs ``/usr/share/datasets/fashion-mnist``). ``NAME:PATH``
+works for every file-based name and means ``data_dir=PATH`` (it wins over a ``data_dir`` argument).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import operator
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rethink.data import formats
+from rethink.data.dataset import Dataset, array_checksum
+from rethink.errors import UserError
+
+#: Where system packages put datasets; a module constant so tests can point it elsewhere.
+SYSTEM_DATA_DIR = "/usr/share/datasets"
+#: Environment variable naming a folder with one subfolder per dataset.
+DATA_ENV_VAR = "RETHINK_DATA"
+
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+#: The four IDX files of MNIST and Fashion-MNIST, in the order they are read and hashed.
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+_HOW_TO_GET = {
+    "fashion-mnist": "apt-get install dataset-fashion-mnist, or download the four IDX .gz files "
+                     "from https://github.com/zalandoresearch/fashion-mnist and pass --data-dir DIR "
+                     f"(or set {DATA_ENV_VAR})",
+    "mnist": "download the four IDX .gz files (train-images-idx3-ubyte.gz, ...) from "
+             "https://ossci-datasets.s3.amazonaws.com/mnist/ into a folder and pass --data-dir DIR "
+             f"(or put them in ${DATA_ENV_VAR}/mnist)",
+    "cifar10": "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and pass "
+               f"--data-dir pointing at it or its folder (or put it in ${DATA_ENV_VAR}/cifar10)",
+}
+
+_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder", "npz")
+_ALIASES = {"cifar-10": "cifar10", "fashion": "fashion-mnist", "fashionmnist": "fashion-mnist",
+            "image-folder": "imagefolder"}
+
+
+def dataset_names() -> list[str]:
+    """The registered dataset names (``imagefolder`` and ``npz`` take ``:PATH``)."""
+    return list(_NAMES)
+
+
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """Load a dataset by name; see the module docstring for names and where files are looked for.
+
+    Raises :class:`UserError` for an unknown name, a dataset that cannot be found, or a file that
+    is not what it should be.
+    """
+    kind, sep, path = str(name).strip().partition(":")
+    kind = kind.lower().replace("_", "-")
+    kind = _ALIASES.get(kind, kind)
+    location = path if sep and path else data_dir
+    if kind == "digits":
+        return _load_digits()
+    if kind in ("mnist", "fashion-mnist"):
+        return _load_idx(kind, location)
+    if kind == "cifar10":
+        return _load_cifar10(location)
+    if kind == "imagefolder":
+        return _load_image_folder(location)
+    if kind == "npz":
+        return _load_npz(location)
+    close = difflib.get_close_matches(kind, _NAMES, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise UserError(f"unknown dataset '{name}'; {hint}valid names: digits, mnist, fashion-mnist, "
+                    "cifar10, imagefolder:PATH, npz:PATH")
+
+
+# --------------------------------------------------------------------------------------------
+# Building and checking the Dataset
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1] (one conversion, divided in place); floats as they are."""
+    if x.dtype == np.uint8:
+        out = x.astype(np.float32)
+        out /= 255
+        return out
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _build(name: str, splits: formats.Splits, *, num_classes: int, class_names, checksum: str,
+           source: str, extra: dict | None = None) -> Dataset:
+    """Check the splits (non-empty, one label per image, labels in range) and make a Dataset."""
+    for split in ("train", "test"):
+        x, y = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
+        if len(x) == 0:
+            raise UserError(f"{source}: the {split} set of {name} is empty; it needs at least one "
+                            "image")
+        if len(y) != len(x):
+            raise UserError(f"{source}: {len(x)} {split} images but {len(y)} labels")
+        formats.check_label_range(y, num_classes, f"{source}: {split} labels")
+    return Dataset(
+        name=name,
+        x_train=_to_float(splits.x_train),
+        y_train=splits.y_train.astype(np.int64, copy=False),
+        x_test=_to_float(splits.x_test),
+        y_test=splits.y_test.astype(np.int64, copy=False),
+        num_classes=int(num_classes),
+        class_names=tuple(class_names),
+        checksum=checksum,
+        source=source,
+        extra=dict(extra or {}),
+    )
+
+
+def _candidates(name: str, location: str | None) -> list[Path]:
+    """Folders to look in, in order: the given location (and its <name> subfolder), else
+    $RETHINK_DATA/<name>, then SYSTEM_DATA_DIR/<name>."""
+    if location:
+        p = Path(location).expanduser()
+        return [p, p / name]
+    env = os.environ.get(DATA_ENV_VAR)
+    return ([Path(env).expanduser() / name] if env else []) + [Path(SYSTEM_DATA_DIR) / name]
+
+
+def _not_found(name: str, looked: list[Path], what: str) -> UserError:
+    places = ", ".join(str(p) for p in looked)
+    return UserError(f"{name} not found: looked for {what} in {places}; {_HOW_TO_GET[name]}")
+
+
+def _require_location(kind: str, location: str | None) -> Path:
+    if not location:
+        raise UserError(f"{kind} needs a path: use {kind}:PATH or --data-dir PATH")
+    p = Path(location).expanduser()
+    if not p.exists():
+        what = "an .npz file" if kind == "npz" else \
+            "a folder or .tar.gz with train/<class>/<image> and test/<class>/<image>"
+        raise UserError(f"{p}: not found; {kind} expects {what}")
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# The datasets
+
+
+def _load_digits() -> Dataset:
+    """scikit-learn's 8x8 digits, values 0..16 scaled by 1/16, split 1,437 / 360 (seed 0)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.2, random_state=0, stratify=y)
+    splits = formats.Splits(x_train, y_train, x_test, y_test)
+    return _build("digits", splits, num_classes=10, class_names=DIGIT_CLASSES,
+                  checksum=array_checksum(x_train, y_train, x_test, y_test),
+                  source="sklearn.datasets.load_digits",
+                  extra={"split": "train_test_split(test_size=0.2, random_state=0, stratify=y)"})
+
+
+def _idx_file(folder: Path, base: str) -> Path | None:
+    for candidate in (folder / base, folder / f"{base}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_idx(name: str, location: str | None) -> Dataset:
+    """MNIST or Fashion-MNIST from the four IDX files of the first folder that has any of them."""
+    looked = _candidates(name, location)
+    folder = next((d for d in looked if d.is_dir() and any(_idx_file(d, b) for b in IDX_FILES)),
+                  None)
+    if folder is None:
+        raise _not_found(name, looked, f"{IDX_FILES[0]}[.gz] and the other IDX files")
+    paths = []
+    for base in IDX_FILES:
+        p = _idx_file(folder, base)
+        if p is None:
+            raise UserError(f"{folder / base}[.gz]: missing; {name} needs "
+                            f"{', '.join(IDX_FILES)} (each optionally .gz); {_HOW_TO_GET[name]}")
+        paths.append(p)
+
+    hasher = hashlib.sha256()
+    arrays = [formats.read_idx(p, hasher) for p in paths]
+    xy = []
+    for (images, labels), (pi, pl) in zip((arrays[0:2], arrays[2:4]), (paths[0:2], paths[2:4])):
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise UserError(f"{pi}: holds {images.dtype} data of shape {images.shape}; expected "
+                            "uint8 images (N, H, W), IDX magic 0x00000803")
+        if labels.ndim != 1 or labels.dtype != np.uint8:
+            raise UserError(f"{pl}: holds {labels.dtype} data of shape {labels.shape}; expected "
+                            "uint8 labels (N,), IDX magic 0x00000801")
+        if len(images) != len(labels):
+            raise UserError(f"{pl}: {len(labels)} labels but {pi} has {len(images)} images; the "
+                            "files do not belong together")
+        y = labels.astype(np.int64)
+        formats.check_label_range(y, 10, str(pl))
+        xy += [images[:, None], y]
+    class_names = FASHION_MNIST_CLASSES if name == "fashion-mnist" else DIGIT_CLASSES
+    return _build(name, formats.Splits(*xy), num_classes=10, class_names=class_names,
+                  checksum=hasher.hexdigest()[:16], source=str(folder), extra={"format": "idx"})
+
+
+def _load_cifar10(location: str | None) -> Dataset:
+    """CIFAR-10 from the batches folder, its parent, or cifar-10-python.tar.gz."""
+    looked = _candidates("cifar10", location)
+    found = next((f for f in map(formats.find_cifar10, looked) if f is not None), None)
+    if found is None:
+        raise _not_found("cifar10", looked,
+                         f"{formats.CIFAR_DIRNAME}/ or {formats.CIFAR_TARNAME}")
+    hasher = hashlib.sha256()
+    splits = formats.read_cifar10(found, hasher)
+    return _build("cifar10", splits, num_classes=len(splits.class_names),
+                  class_names=splits.class_names, checksum=hasher.hexdigest()[:16],
+                  source=str(found), extra={"format": "cifar-python"})
+
+
+def _load_image_folder(location: str | None) -> Dataset:
+    path = _require_location("imagefolder", location)
+    hasher = hashlib.sha256()
+    splits = formats.read_image_folder(path, hasher)
+    return _build("imagefolder", splits, num_classes=len(splits.class_names),
+                  class_names=splits.class_names, checksum=hasher.hexdigest()[:16],
+                  source=str(path), extra={"format": "imagefolder"})
+
+
+def _load_npz(location: str | None) -> Dataset:
+    path = _require_location("npz", location)
+    hasher = hashlib.sha256()
+    splits = formats.read_npz(path, hasher)
+    num_classes = int(max(splits.y_train.max(), splits.y_test.max())) + 1
+    class_names = splits.class_names
+    if class_names is None:
+        class_names = tuple(str(i) for i in range(num_classes))
+    elif len(class_names) < num_classes:
+        raise UserError(f"{path}: class_names has {len(class_names)} names but the labels go up "
+                        f"to {num_classes - 1}; give one name per class")
+    return _build("npz", splits, num_classes=len(class_names), class_names=class_names,
+                  checksum=hasher.hexdigest()[:16], source=str(path), extra={"format": "npz"})
+
+
+# --------------------------------------------------------------------------------------------
+# Subsets
+
+
+def _check_size(size, available: int, flag: str, what: str) -> int:
+    try:
+        size = operator.index(size)
+    except TypeError:
+        raise UserError(f"{flag} must be a whole number, got {size!r}") from None
+    if size < 1:
+        raise UserError(f"{flag} must be at least 1, got {size}")
+    if size > available:
+        raise UserError(f"{flag} {size} is larger than the {available} {what}; use at most "
+                        f"{available}")
+    return size
+
+
+def _stratified(y: np.ndarray, size: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of a class-stratified sample of exactly ``size`` of ``y``.
+
+    Each class gets ``size * count / n`` rounded by largest remainder (ties to the lower class
+    index), then that many indices are drawn without replacement with ``rng``.
+    """
+    n = len(y)
+    if size == n:
+        return np.arange(n)
+    counts = np.bincount(y, minlength=num_classes).astype(np.int64)
+    quota, remainder = np.divmod(counts * size, n)
+    short = size - int(quota.sum())
+    order = np.lexsort((np.arange(len(counts)), -remainder))  # largest remainder first
+    quota[order[:short]] += 1
+    chosen = [rng.choice(np.flatnonzero(y == k), q, replace=False)
+              for k, q in enumerate(quota) if q > 0]
+    return np.sort(np.concatenate(chosen))
+
+
+def subset(ds: Dataset, train_size: int | None, test_size: int | None,
+           rng: np.random.Generator) -> Dataset:
+    """A class-stratified subset of ``ds`` with exactly ``train_size`` / ``test_size`` examples.
+
+    ``None`` keeps a split whole. Sizes below the number of classes are allowed (stratification
+    is then best effort). Indices keep the original order, and ``rng`` decides which examples of
+    each class are taken (train first, then test), so a seed fixes the subset. Everything else,
+    the checksum included, is kept.
+    """
+    changes = {}
+    for split, size, flag, what in (("train", train_size, "--train-size", "training images"),
+                                    ("test", test_size, "--test-size", "test images")):
+        if size is None:
+            continue
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        size = _check_size(size, len(y), flag, f"{what} of {ds.name}")
+        idx = _stratified(y, size, ds.num_classes, rng)
+        changes[f"x_{split}"], changes[f"y_{split}"] = x[idx], y[idx]
+    return ds.replace(**changes) if changes else ds

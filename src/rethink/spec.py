@@ -1,0 +1,220 @@
+"""RunSpec: everything that describes one run, validated, with a stable hash as its identity."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+
+from .data.randomize import KINDS
+from .data.transforms import AUGMENTATIONS
+from .errors import UserError
+
+# Learning rates of the paper (Appendix A): 0.1 for the Inceptions, 0.01 for AlexNet and MLPs.
+DEFAULT_LR = {"inception": 0.1, "inception-nobn": 0.1}
+FALLBACK_LR = 0.01
+
+# Fields that never change a run's numbers, left out of its hash. The data checksum is stored
+# beside each run, so a different directory holding the same files is the same run.
+NOT_HASHED = ("data_dir",)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    preprocess: str = "standard"  # "standard" (crop + per-image standardization) or "none"
+    crop: str | int = "auto"  # "auto" (32 -> 28, else none), "none", or a side length
+    # randomization
+    randomize: str = "none"
+    p: float = 0.0
+    test_labels: str = "clean"  # or "corrupted"
+    test_inputs: str = "randomized"  # or "clean" (pixel and gaussian tests)
+    # model
+    model: str = "mlp1x512"
+    hidden: tuple[int, ...] | None = None  # for the generic "mlp"
+    width: float = 1.0
+    dropout: float = 0.0
+    # optimizer and schedule
+    lr: float | None = None  # None: the paper's default for the model
+    lr_decay: float = 0.95
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 100
+    max_steps: int | None = None
+    augment: tuple[str, ...] = ()
+    # measurement and stopping
+    eval_every: int | None = None  # steps; None: once per epoch
+    fit_threshold: float = 1.0
+    stop_on_fit: bool = True
+    # execution
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        _validate(self)
+
+    # -- identity ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @property
+    def run_id(self) -> str:
+        """A stable hash over every field that can change the results."""
+        d = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+        if d["lr"] is None:
+            d["lr"] = self.resolved_lr
+        d["augment"] = sorted(d["augment"])
+        blob = json.dumps(d, sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR.get(self.model, FALLBACK_LR)
+
+    def replace(self, **changes) -> "RunSpec":
+        return from_dict({**self.to_dict(), **changes})
+
+
+FIELD_NAMES = tuple(f.name for f in fields(RunSpec))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _finite(spec, name):
+    v = getattr(spec, name)
+    if v is not None and not math.isfinite(v):
+        raise UserError(f"{_flag(name)} is {v}; give a finite number")
+
+
+def _choice(spec, name, options):
+    v = getattr(spec, name)
+    if v not in options:
+        near = difflib.get_close_matches(str(v), options, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise UserError(f"{_flag(name)} {v!r} is not valid{hint}; choose one of {', '.join(options)}")
+
+
+def _validate(s: RunSpec) -> None:
+    for name in ("p", "lr", "lr_decay", "momentum", "weight_decay", "width", "dropout", "fit_threshold"):
+        _finite(s, name)
+    _choice(s, "randomize", KINDS)
+    _choice(s, "preprocess", ("standard", "none"))
+    _choice(s, "test_labels", ("clean", "corrupted"))
+    _choice(s, "test_inputs", ("randomized", "clean"))
+    if not 0.0 <= s.p <= 1.0:
+        raise UserError(f"--p {s.p} is outside [0, 1]; give a corruption probability such as --p 0.5")
+    if s.p and s.randomize != "partial-labels":
+        raise UserError(f"--p {s.p} only applies to --randomize partial-labels; drop --p or set --randomize partial-labels")
+    if s.lr is not None and s.lr <= 0:
+        raise UserError(f"--lr {s.lr} must be positive; the paper uses 0.01 (0.1 for Inception)")
+    if not 0 < s.lr_decay <= 1:
+        raise UserError(f"--lr-decay {s.lr_decay} must be in (0, 1]; the paper uses 0.95, 1 keeps the rate constant")
+    if not 0 <= s.momentum < 1:
+        raise UserError(f"--momentum {s.momentum} must be in [0, 1); the paper uses 0.9")
+    if s.weight_decay < 0:
+        raise UserError(f"--weight-decay {s.weight_decay} must be >= 0")
+    if not 0 <= s.dropout < 1:
+        raise UserError(f"--dropout {s.dropout} must be in [0, 1)")
+    if s.width <= 0:
+        raise UserError(f"--width {s.width} must be positive (1 is the paper's width)")
+    if not 0 < s.fit_threshold <= 1:
+        raise UserError(f"--fit-threshold {s.fit_threshold} must be in (0, 1]; 1.0 means 100% training accuracy")
+    for name in ("batch_size", "epochs"):
+        if getattr(s, name) < 1:
+            raise UserError(f"{_flag(name)} {getattr(s, name)} must be a positive whole number")
+    for name in ("train_size", "test_size", "max_steps", "eval_every"):
+        v = getattr(s, name)
+        if v is not None and v < 1:
+            raise UserError(f"{_flag(name)} {v} must be a positive whole number (or left out)")
+    if s.seed < 0:
+        raise UserError(f"--seed {s.seed} must be >= 0")
+    for a in s.augment:
+        if a not in AUGMENTATIONS:
+            raise UserError(f"--augment {a!r} is unknown; give a comma list of {', '.join(AUGMENTATIONS)}")
+    if s.hidden is not None and (not s.hidden or any(h < 1 for h in s.hidden)):
+        raise UserError(f"--hidden {s.hidden} must list positive layer widths, e.g. --hidden 512,512")
+    if s.crop not in ("auto", "none") and (not isinstance(s.crop, int) or s.crop < 1):
+        raise UserError(f"--crop {s.crop!r} must be auto, none or a positive side length such as 28")
+    if s.device not in ("auto", "cpu", "cuda") and not s.device.startswith("cuda:"):
+        raise UserError(f"--device {s.device!r} is not valid; choose auto, cpu or cuda")
+
+
+# -- construction from plain values (CLI flags, TOML, JSON) ------------------------------------
+
+def _coerce(name: str, value):
+    """Turn a flag/TOML value into the field's type, with a clear error for the wrong kind."""
+    if value is None:
+        return None
+    try:
+        if name in ("augment",):
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip()] if value not in ("", "none") else []
+            return tuple(str(v).strip() for v in value)
+        if name == "hidden":
+            if isinstance(value, str):
+                value = value.split(",")
+            if isinstance(value, int):
+                value = [value]
+            return tuple(int(v) for v in value)
+        if name == "crop":
+            if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+                return int(value)
+            return str(value)
+        if name in ("stop_on_fit",):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        kind = {f.name: f.type for f in fields(RunSpec)}[name]
+        if "int" in kind and "float" not in kind:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if "float" in kind:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{_flag(name)} got {value!r}, which is not a valid value for it") from None
+
+
+def from_dict(values: dict) -> RunSpec:
+    """Build a spec from plain values; unknown keys are errors naming the nearest valid key."""
+    unknown = [k for k in values if k not in FIELD_NAMES]
+    if unknown:
+        k = unknown[0]
+        near = difflib.get_close_matches(k, FIELD_NAMES, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise UserError(f"unknown spec key {k!r}; {hint}valid keys are {', '.join(FIELD_NAMES)}")
+    return RunSpec(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def load_toml(path) -> dict:
+    """Read a spec file (TOML, the flags' names with underscores) into plain values."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"spec file {path} does not exist; check the path given to --spec") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"spec file {path} is not valid TOML ({e}); fix the file") from None
+    except OSError as e:
+        raise UserError(f"cannot read spec file {path} ({e.strerror}); check its permissions") from None

@@ -1,0 +1,1 @@
+"""Training: the engine (one model on tensors on the device)."""

@@ -1,0 +1,264 @@
+"""The training engine: trains one model on tensors that live on the training device.
+
+Reads top to bottom like a plain loop, but keeps the data on the device, indexes batches with a
+permutation, augments batches on the device and never waits for the device inside an epoch
+(losses stay on the device until the epoch ends or an evaluation needs them). It knows nothing of
+specs' files, sweeps or the store: it gets tensors and settings, and returns metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.transforms import augment, standardize
+from ..seeding import torch_seed
+
+EVAL_BATCH = 2048
+_RESUMED = ("evals", "step_losses", "time_to_fit", "steps", "train_seconds", "eval_seconds")
+
+
+@dataclass
+class TrainData:
+    """Tensors on the training device.
+
+    ``x_train``/``x_test`` are preprocessed (fixed evaluation copies). ``x_train_raw`` holds the
+    uncropped, unstandardized training images, needed only when augmenting.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    y_train_true: torch.Tensor
+    changed: torch.Tensor  # bool: training label differs from the true one
+    x_train_raw: torch.Tensor | None = None
+    crop: int | None = None
+    standardize: bool = True
+
+
+@dataclass
+class TrainConfig:
+    lr: float
+    lr_decay: float = 0.95
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 100
+    max_steps: int | None = None
+    augment: tuple[str, ...] = ()
+    eval_every: int | None = None  # steps; None: at the end of every epoch
+    fit_threshold: float = 1.0
+    stop_on_fit: bool = True
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    status: str  # fitted | budget | diverged | interrupted
+    evals: list[dict] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    time_to_fit: dict | None = None
+    steps: int = 0
+    epochs: float = 0.0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on weights (tensors of 2+ dims), not biases or BN shifts."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Mean cross-entropy and predicted classes over a whole set, in large batches, eval mode."""
+    was_training = model.training
+    model.eval()
+    total, preds = torch.zeros((), device=x.device, dtype=torch.float64), []
+    for i in range(0, len(x), EVAL_BATCH):
+        logits = model(x[i : i + EVAL_BATCH]).float()
+        total += F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum").double()
+        preds.append(logits.argmax(1))
+    model.train(was_training)
+    return float(total) / max(len(x), 1), torch.cat(preds)
+
+
+def _acc(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> float | None:
+    if mask is not None:
+        if not bool(mask.any()):
+            return None
+        pred, y = pred[mask], y[mask]
+    return float((pred == y).double().mean()) if len(y) else None
+
+
+def evaluate(model: torch.nn.Module, data: TrainData) -> dict:
+    """Loss and accuracy on the full training set (its training labels) and the test set; on
+    the corrupted part against its noisy and its true labels, and on the clean part."""
+    train_loss, p_train = predict(model, data.x_train, data.y_train)
+    test_loss, p_test = predict(model, data.x_test, data.y_test)
+    return {
+        "train_loss": train_loss,
+        "train_acc": _acc(p_train, data.y_train),
+        "test_loss": test_loss,
+        "test_acc": _acc(p_test, data.y_test),
+        "corrupted_acc_noisy": _acc(p_train, data.y_train, data.changed),
+        "corrupted_acc_true": _acc(p_train, data.y_train_true, data.changed),
+        "clean_acc": _acc(p_train, data.y_train, ~data.changed),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write atomically: to a temporary file, fsync, then rename over the old checkpoint."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def train(
+    model: torch.nn.Module,
+    data: TrainData,
+    cfg: TrainConfig,
+    *,
+    checkpoint_path: str | None = None,
+    resume: dict | None = None,
+    on_progress=None,
+    checkpoint_extra: dict | None = None,
+    checkpoint_interval: float = 60.0,
+) -> TrainResult:
+    """Train ``model`` with SGD until it fits, its budget ends, or its loss diverges.
+
+    ``resume`` is a state written by an earlier call's checkpoint (same model, data and config);
+    training continues from that epoch with the same random streams, so the result equals an
+    uninterrupted run. ``on_progress(step, total_steps, last_eval)`` is called after evaluations.
+    ``checkpoint_extra`` is stored in every checkpoint (e.g. the run id, to check it on resume).
+    Checkpoints are written at the end of an epoch once ``checkpoint_interval`` seconds have
+    passed since the last one (0: every epoch), and at the end of training. Their time counts
+    neither as training nor as evaluation time.
+    """
+    device = data.x_train.device
+    n = len(data.y_train)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    eval_every = cfg.eval_every or steps_per_epoch
+    opt = make_optimizer(model, cfg)
+    res = TrainResult(status="budget")
+    start_epoch = 0
+    torch.manual_seed(torch_seed(cfg.seed, "dropout"))  # dropout draws from the global stream
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["torch_rng"])
+        if device.type == "cuda" and resume.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
+        for k in _RESUMED:
+            setattr(res, k, resume["result"][k])
+        start_epoch = resume["epoch"]
+    model.train()
+    step = res.steps
+
+    def do_eval():
+        nonlocal eval_t
+        _sync(device)
+        t0 = time.perf_counter()
+        res.train_seconds += t0 - eval_t
+        metrics = evaluate(model, data)
+        row = {"step": step, "epoch": step / steps_per_epoch, "seconds": res.train_seconds,
+               "lr": opt.param_groups[0]["lr"], **metrics}
+        res.evals.append(row)
+        if res.time_to_fit is None and metrics["train_acc"] >= cfg.fit_threshold - 1e-12:
+            res.time_to_fit = {"steps": step, "epochs": step / steps_per_epoch,
+                               "seconds": res.train_seconds, "resolution_steps": eval_every}
+        eval_t = time.perf_counter()
+        res.eval_seconds += eval_t - t0
+        if on_progress:
+            on_progress(step, total_steps, row)
+        return row
+
+    eval_t = last_ckpt = time.perf_counter()
+    if step == 0:
+        do_eval()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if step >= total_steps or (res.time_to_fit and cfg.stop_on_fit):
+                break
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * cfg.lr_decay**epoch
+            order = torch.Generator().manual_seed(torch_seed(cfg.seed, "order", epoch))
+            perm = torch.randperm(n, generator=order).to(device)
+            aug_gen = None
+            if cfg.augment:
+                aug_gen = torch.Generator(device=device).manual_seed(torch_seed(cfg.seed, "augment", epoch))
+            losses = torch.empty(steps_per_epoch, device=device)
+            done_in_epoch = 0
+            for b in range(steps_per_epoch):
+                if step >= total_steps:
+                    break
+                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                if cfg.augment:
+                    xb = augment(data.x_train_raw[idx], cfg.augment, data.crop, aug_gen)
+                    xb = standardize(xb) if data.standardize else xb
+                else:
+                    xb = data.x_train[idx]
+                loss = F.cross_entropy(model(xb), data.y_train[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses[b] = loss.detach()
+                step += 1
+                done_in_epoch += 1
+                if step % eval_every == 0 or step == total_steps:
+                    res.steps = step
+                    if not math.isfinite(float(losses[b])):  # the one sync, at evaluations only
+                        break
+                    do_eval()
+                    if res.time_to_fit and cfg.stop_on_fit:
+                        break
+            epoch_losses = losses[:done_in_epoch].tolist()
+            res.step_losses.extend(epoch_losses)
+            res.steps = step
+            if not all(math.isfinite(v) for v in epoch_losses):
+                res.status = "diverged"
+                break
+            last_epoch = step >= total_steps or epoch + 1 == cfg.epochs or (res.time_to_fit and cfg.stop_on_fit)
+            if checkpoint_path and (last_epoch or time.perf_counter() - last_ckpt >= checkpoint_interval):
+                _sync(device)
+                t0 = time.perf_counter()
+                res.train_seconds += t0 - eval_t
+                save_checkpoint(checkpoint_path, {
+                    **(checkpoint_extra or {}), "epoch": epoch + 1, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "result": {k: getattr(res, k) for k in _RESUMED}})
+                eval_t = last_ckpt = time.perf_counter()
+    except KeyboardInterrupt:
+        res.status = "interrupted"
+        return _finish(res, steps_per_epoch)
+    if res.status != "diverged":
+        res.status = "fitted" if res.time_to_fit and cfg.stop_on_fit else "budget"
+    return _finish(res, steps_per_epoch)
+
+
+def _finish(res: TrainResult, steps_per_epoch: int) -> TrainResult:
+    res.epochs = res.steps / steps_per_epoch
+    return res
