@@ -142,3 +142,35 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path, capsys):
     assert resumed.step_losses == reference.step_losses
     assert strip_time(resumed.evals) == strip_time(reference.evals)
     assert Store(store).get_run(reference.run_id)["status"] == resumed.status
+
+
+@pytest.mark.parametrize("kind", ["random-pixels", "gaussian", "random-labels"])
+def test_every_epoch_sees_the_same_randomized_data(kind):
+    """The engine feeds the same (drawn-once) inputs and labels in every epoch, only reordered."""
+    spec = RunSpec(**{**SMALL, "randomize": kind, "train_size": 300, "epochs": 3})
+    prepared = prepare(spec, torch.device("cpu"))
+    model = build_model(spec, prepared.input_shape, prepared.num_classes)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            if self.training:
+                seen.append(x.detach().clone())
+            return self.inner(x)
+
+    from rethink.train.engine import train
+    train(Recorder(model), prepared.data, api.train_config(spec))
+    per_epoch = [torch.cat(seen[i * 3:(i + 1) * 3]) for i in range(3)]  # 300 / 128 -> 3 steps an epoch
+
+    def canonical(x):
+        rows = x.reshape(len(x), -1).numpy()
+        return rows[np.lexsort(rows.T[::-1])]
+
+    reference = canonical(prepared.data.x_train)
+    for x in per_epoch:
+        assert np.array_equal(canonical(x), reference)
+    assert not torch.equal(per_epoch[0], per_epoch[1]), "batch order changes between epochs"
