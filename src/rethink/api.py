@@ -29,6 +29,7 @@ from .store import Store
 from .train.engine import TrainConfig, TrainData, train
 
 DEFAULT_STORE = os.path.join("runs", "rethink.sqlite")
+FINISHED = ("fitted", "budget", "diverged")
 
 
 @dataclass
@@ -154,6 +155,91 @@ def _warn(msg: str) -> None:
     print(f"rethink: {msg}", file=sys.stderr)
 
 
+def lookup(db: Store | None, spec: RunSpec) -> RunResult | None:
+    """The stored result of a finished run of ``spec``, or None. Warns when it was stored by
+    another package version or git commit, or from other data."""
+    previous = db.get_run(spec.run_id) if db is not None else None
+    if not previous or previous["status"] not in FINISHED:
+        return None
+    checksum = _load(spec.dataset, spec.data_dir).checksum
+    changed = [f"{what} {old} -> {new}" for what, old, new in (
+        ("package version", previous["package_version"], __version__),
+        ("git commit", previous["git_commit"], git_commit()),
+        ("data checksum", previous["data_checksum"], checksum)) if old != new]
+    if changed:
+        _warn(f"run {spec.run_id} was stored with a different {', '.join(changed)}; pass --force to run it again")
+    return RunResult(spec.run_id, previous["status"], spec, previous["summary"], db.evals(spec.run_id),
+                     db.step_losses(spec.run_id), cached=True)
+
+
+def checkpoint_path(db: Store, spec: RunSpec, checkpoint_dir: str | None) -> str:
+    """Where ``spec``'s checkpoint lives: ``checkpoint_dir`` or ``checkpoints/`` beside the store."""
+    folder = checkpoint_dir or os.path.join(os.path.dirname(os.path.abspath(db.path)), "checkpoints")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create checkpoint folder {folder} ({e.strerror}); "
+                        "pass --checkpoint-dir with a writable path") from None
+    return os.path.join(folder, f"{spec.run_id}.pt")
+
+
+def execute(
+    spec: RunSpec,
+    checkpoint_path: str | None = None,
+    *,
+    checkpoint_interval: float = 60.0,
+    resume: bool = True,
+    on_progress=None,
+) -> RunResult:
+    """Train one spec, with no store: load and randomize the data, build the model, train.
+
+    With ``checkpoint_path``, a matching checkpoint there (same run id and data) is resumed unless
+    ``resume`` is False, and new checkpoints are written there. An interrupted run (Ctrl-C) comes
+    back with status "interrupted". Safe to call in a worker process.
+    """
+    device = resolve_device(spec.device)
+    torch.set_flush_denormal(True)
+    prepared = prepare(spec, device)
+    checksum = prepared.dataset.checksum
+    model = build_model(spec, prepared.input_shape, prepared.num_classes).to(device)
+    state = None
+    if checkpoint_path and resume and os.path.exists(checkpoint_path):
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if state.get("run_id") != spec.run_id or state.get("data_checksum") != checksum:
+            state = None
+        else:
+            _warn(f"resuming run {spec.run_id} from its checkpoint after epoch {state['epoch']}")
+    result = train(model, prepared.data, train_config(spec), checkpoint_path=checkpoint_path, resume=state,
+                   on_progress=on_progress, checkpoint_extra={"run_id": spec.run_id, "data_checksum": checksum},
+                   checkpoint_interval=checkpoint_interval)
+    last = result.evals[-1] if result.evals else {}
+    summary = {
+        **{k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc",
+                                    "corrupted_acc_noisy", "corrupted_acc_true", "clean_acc")},
+        "best_test_acc": max((e["test_acc"] for e in result.evals), default=None),
+        "time_to_fit": result.time_to_fit, "steps": result.steps, "epochs": result.epochs,
+        "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
+        "num_params": num_params(model), "n_train": len(prepared.data.y_train),
+        "n_test": len(prepared.data.y_test), "num_classes": prepared.num_classes,
+        "input_shape": list(prepared.input_shape), "replaced_fraction": prepared.replaced_fraction,
+        "changed_fraction": prepared.changed_fraction, "lr": spec.resolved_lr, "device": str(device),
+        "data_checksum": checksum,
+    }
+    return RunResult(spec.run_id, result.status, spec, summary, result.evals, result.step_losses)
+
+
+def start(db: Store, spec: RunSpec) -> None:
+    """Mark ``spec``'s run as running in the store."""
+    db.start_run(spec.run_id, spec.to_dict(), package_version=__version__, git_commit=git_commit())
+
+
+def record(db: Store, result: RunResult) -> None:
+    """Write a finished (or interrupted) run's status, summary and metrics in one transaction."""
+    s = result.summary
+    db.finish_run(result.run_id, result.status, s, result.evals, result.step_losses,
+                  data_checksum=s.get("data_checksum"), device=s.get("device"), num_params=s.get("num_params"))
+
+
 def run(
     spec: RunSpec | dict,
     store: str | Store | None = DEFAULT_STORE,
@@ -165,67 +251,24 @@ def run(
 ) -> RunResult:
     """Run one spec (a :class:`RunSpec` or a dict of its fields) and record it in ``store``.
 
-    ``store=None`` runs without recording (and without checkpoints). Checkpoints go to
+    A finished run of the same spec is read back from the store instead (``force`` runs it
+    again). ``store=None`` runs without recording or checkpoints. Checkpoints go to
     ``checkpoint_dir`` (default: ``checkpoints/`` beside the store) at the end of an epoch once
-    ``checkpoint_interval`` seconds have passed since the last (0: every epoch; None: never).
-    Returns a :class:`RunResult`; raises KeyboardInterrupt after recording an interrupted run.
+    ``checkpoint_interval`` seconds have passed since the last (0: every epoch; None: never); an
+    interrupted run resumes from its checkpoint. Returns a :class:`RunResult`; raises
+    KeyboardInterrupt after recording an interrupted run.
     """
     spec = spec if isinstance(spec, RunSpec) else from_dict(spec)
-    run_id = spec.run_id
     db = store if isinstance(store, Store) or store is None else Store(store)
-    device = resolve_device(spec.device)
-    torch.set_flush_denormal(True)
-    prepared = prepare(spec, device)
-    checksum = prepared.dataset.checksum
-    previous = db.get_run(run_id) if db else None
-    if previous and previous["status"] in ("fitted", "budget", "diverged") and not force:
-        changed = [f"{what} {old} -> {new}" for what, old, new in (
-            ("package version", previous["package_version"], __version__),
-            ("git commit", previous["git_commit"], git_commit()),
-            ("data checksum", previous["data_checksum"], checksum)) if old != new]
-        if changed:
-            _warn(f"run {run_id} was stored with a different {', '.join(changed)}; pass --force to run it again")
-        return RunResult(run_id, previous["status"], spec, previous["summary"], db.evals(run_id),
-                         db.step_losses(run_id), cached=True)
-
-    model = build_model(spec, prepared.input_shape, prepared.num_classes).to(device)
-    n_params = num_params(model)
-    ckpt_path = resume = None
-    if db is not None and checkpoint_interval is not None:
-        folder = checkpoint_dir or os.path.join(os.path.dirname(os.path.abspath(db.path)), "checkpoints")
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create checkpoint folder {folder} ({e.strerror}); pass --checkpoint-dir with a writable path") from None
-        ckpt_path = os.path.join(folder, f"{run_id}.pt")
-        if os.path.exists(ckpt_path) and not force and previous is not None:
-            resume = torch.load(ckpt_path, map_location=device, weights_only=False)
-            if resume.get("run_id") != run_id or resume.get("data_checksum") != checksum:
-                resume = None
-            else:
-                _warn(f"resuming run {run_id} from its checkpoint after epoch {resume['epoch']}")
+    if not force and (stored := lookup(db, spec)) is not None:
+        return stored
+    ckpt = checkpoint_path(db, spec, checkpoint_dir) if db is not None and checkpoint_interval is not None else None
     if db is not None:
-        db.start_run(run_id, spec.to_dict(), package_version=__version__, git_commit=git_commit(),
-                     data_checksum=checksum, device=str(device), num_params=n_params)
-    extra = {"run_id": run_id, "data_checksum": checksum}
-    result = train(model, prepared.data, train_config(spec), checkpoint_path=ckpt_path, resume=resume,
-                   on_progress=on_progress, checkpoint_extra=extra,
-                   checkpoint_interval=checkpoint_interval or 0.0)
-    last = result.evals[-1] if result.evals else {}
-    summary = {
-        **{k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc",
-                                    "corrupted_acc_noisy", "corrupted_acc_true", "clean_acc")},
-        "best_test_acc": max((e["test_acc"] for e in result.evals), default=None),
-        "time_to_fit": result.time_to_fit, "steps": result.steps, "epochs": result.epochs,
-        "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
-        "num_params": n_params, "n_train": len(prepared.data.y_train), "n_test": len(prepared.data.y_test),
-        "num_classes": prepared.num_classes, "input_shape": list(prepared.input_shape),
-        "replaced_fraction": prepared.replaced_fraction, "changed_fraction": prepared.changed_fraction,
-        "lr": spec.resolved_lr, "device": str(device),
-    }
+        start(db, spec)
+    result = execute(spec, ckpt, checkpoint_interval=checkpoint_interval or 0.0, resume=not force,
+                     on_progress=on_progress)
     if db is not None:
-        db.finish_run(run_id, result.status, summary, result.evals, result.step_losses)
-    out = RunResult(run_id, result.status, spec, summary, result.evals, result.step_losses)
+        record(db, result)
     if result.status == "interrupted":
-        raise KeyboardInterrupt(out)
-    return out
+        raise KeyboardInterrupt(result)
+    return result

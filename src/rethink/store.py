@@ -79,16 +79,16 @@ class Store:
         now = time.time()
         with self.transaction():
             self.db.execute(
-                "INSERT INTO runs (run_id, status, spec, created, updated, package_version, git_commit,"
-                " data_checksum, device, num_params) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(run_id) DO UPDATE SET status='running', updated=excluded.updated,"
-                " package_version=excluded.package_version, git_commit=excluded.git_commit,"
-                " data_checksum=excluded.data_checksum, device=excluded.device, num_params=excluded.num_params",
+                "INSERT INTO runs (run_id, status, spec, created, updated, package_version, git_commit)"
+                " VALUES (?, 'running', ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET status='running',"
+                " updated=excluded.updated, package_version=excluded.package_version, git_commit=excluded.git_commit",
                 (run_id, json.dumps(spec, sort_keys=True), now, now, info.get("package_version"),
-                 info.get("git_commit"), info.get("data_checksum"), info.get("device"), info.get("num_params")))
+                 info.get("git_commit")))
 
-    def finish_run(self, run_id: str, status: str, summary: dict, evals: list[dict], step_losses: list[float]) -> None:
-        """Write a run's status, summary and all its metrics in one transaction."""
+    def finish_run(self, run_id: str, status: str, summary: dict, evals: list[dict], step_losses: list[float],
+                   **info) -> None:
+        """Write a run's status, summary, all its metrics and ``info`` (data_checksum, device,
+        num_params) in one transaction."""
         with self.transaction():
             self.db.execute("DELETE FROM evals WHERE run_id = ?", (run_id,))
             self.db.execute("DELETE FROM steps WHERE run_id = ?", (run_id,))
@@ -97,8 +97,10 @@ class Store:
                 [(run_id, *(row.get(c) for c in EVAL_COLUMNS)) for row in evals])
             self.db.executemany("INSERT INTO steps (run_id, step, loss) VALUES (?, ?, ?)",
                                 [(run_id, i + 1, _finite_or_none(v)) for i, v in enumerate(step_losses)])
-            self.db.execute("UPDATE runs SET status = ?, summary = ?, updated = ? WHERE run_id = ?",
-                            (status, json.dumps(summary, sort_keys=True), time.time(), run_id))
+            self.db.execute("UPDATE runs SET status = ?, summary = ?, updated = ?, data_checksum = ?, device = ?,"
+                            " num_params = ? WHERE run_id = ?",
+                            (status, json.dumps(summary, sort_keys=True), time.time(), info.get("data_checksum"),
+                             info.get("device"), info.get("num_params"), run_id))
 
     # -- reads --------------------------------------------------------------------------------
     def get_run(self, run_id: str) -> dict | None:
