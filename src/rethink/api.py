@@ -228,9 +228,9 @@ def execute(
     return RunResult(spec.run_id, result.status, spec, summary, result.evals, result.step_losses)
 
 
-def start(db: Store, spec: RunSpec) -> None:
-    """Mark ``spec``'s run as running in the store."""
-    db.start_run(spec.run_id, spec.to_dict(), package_version=__version__, git_commit=git_commit())
+def start(db: Store, spec: RunSpec, status: str = "running") -> None:
+    """Mark ``spec``'s run as running (or queued) in the store."""
+    db.start_run(spec.run_id, spec.to_dict(), status=status, package_version=__version__, git_commit=git_commit())
 
 
 def record(db: Store, result: RunResult) -> None:

@@ -61,6 +61,18 @@ def _add_spec_flags(p: argparse.ArgumentParser) -> None:
                        help=f"{HELP.get(f.name, '')} (default: {f.default})")
 
 
+def _add_store_flags(p: argparse.ArgumentParser) -> None:
+    from .api import DEFAULT_STORE
+
+    p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite results file (default {DEFAULT_STORE})")
+    p.add_argument("--checkpoint-dir", help="checkpoint folder (default: checkpoints/ beside the store)")
+    p.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="checkpoint at the first epoch end after this many seconds (0: every epoch; default 60)")
+    p.add_argument("--force", action="store_true", help="run again even if the store has it finished")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
     values = load_toml(args.spec) if getattr(args, "spec", None) else {}
     values.update({k: v for k, v in vars(args).items() if k in FIELD_NAMES})
@@ -117,6 +129,25 @@ def cmd_run(args) -> int:
               file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_json()))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import load_grid, run_sweep
+
+    specs = load_grid(args.grid)
+    print(f"sweep: {len(specs)} runs from {args.grid}", file=sys.stderr)
+    results = run_sweep(specs, args.store, executor=args.executor, workers=args.workers, force=args.force,
+                        checkpoint_dir=args.checkpoint_dir, checkpoint_interval=args.checkpoint_interval,
+                        progress=not args.quiet, address=args.address)
+    rows = [[r.run_id, r.status, r.spec.model, r.spec.randomize + (f" p={r.spec.p:g}" if r.spec.randomize == "partial-labels" else ""),
+             r.spec.seed, _pct(r.train_acc), _pct(r.test_acc), fmt_fit(r.time_to_fit), "stored" if r.cached else "ran"]
+            for r in results]
+    if not args.quiet:
+        print(_table(rows, ["run", "status", "model", "test", "seed", "train acc", "test acc", "time to fit", ""]),
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.to_json() for r in results]))
     return 0
 
 
@@ -185,14 +216,16 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train one model under one randomization test")
     _add_spec_flags(p)
-    p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite results file (default {DEFAULT_STORE})")
-    p.add_argument("--checkpoint-dir", help="checkpoint folder (default: checkpoints/ beside the store)")
-    p.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
-                   help="checkpoint at the first epoch end after this many seconds (0: every epoch; default 60)")
-    p.add_argument("--force", action="store_true", help="run again even if the store has this run finished")
-    p.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    _add_store_flags(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="run a grid of specs (skips finished runs, resumes interrupted ones)")
+    p.add_argument("grid", metavar="GRID.toml", help="grid file (see examples/grid.toml)")
+    p.add_argument("--executor", default="local", help="local (one process), process (worker processes) or ray")
+    p.add_argument("--workers", type=int, default=2, help="worker processes for --executor process (default 2)")
+    p.add_argument("--address", help="Ray cluster address for --executor ray (default: a local Ray instance)")
+    _add_store_flags(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("demo", help="the six tests and a p sweep on the embedded digits set (about a minute)")
     p.add_argument("--out", default="demo-out", help="folder for the table and learning-curve PNG")

@@ -74,15 +74,15 @@ class Store:
         self.db.close()
 
     # -- writes -------------------------------------------------------------------------------
-    def start_run(self, run_id: str, spec: dict, **info) -> None:
-        """Record a run as running (a rerun of the same id replaces its metrics when it ends)."""
+    def start_run(self, run_id: str, spec: dict, status: str = "running", **info) -> None:
+        """Record a run as running or queued (a rerun of the same id replaces its metrics when it ends)."""
         now = time.time()
         with self.transaction():
             self.db.execute(
                 "INSERT INTO runs (run_id, status, spec, created, updated, package_version, git_commit)"
-                " VALUES (?, 'running', ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET status='running',"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET status=excluded.status,"
                 " updated=excluded.updated, package_version=excluded.package_version, git_commit=excluded.git_commit",
-                (run_id, json.dumps(spec, sort_keys=True), now, now, info.get("package_version"),
+                (run_id, status, json.dumps(spec, sort_keys=True), now, now, info.get("package_version"),
                  info.get("git_commit")))
 
     def finish_run(self, run_id: str, status: str, summary: dict, evals: list[dict], step_losses: list[float],

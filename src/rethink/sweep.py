@@ -1,0 +1,207 @@
+"""Sweeps: grids of run specs, executed locally or in worker processes.
+
+Workers only train (``api.execute``) and hand their results back; the driver alone reads and
+writes the store. A re-run sweep skips finished runs and resumes interrupted ones from their
+checkpoints. A Ray executor plugs in at the same seam (an object with ``submit`` and results).
+
+Grid files (TOML)::
+
+    seeds = 3                    # or a list: [0, 1, 2]; default [0]
+
+    [base]                       # fields shared by every run (the names of `rethink run`'s flags)
+    dataset = "digits"
+    lr_decay = 1.0
+
+    [[grid]]                     # a product over the listed values ...
+    model = ["mlp1x512", "mlp3x512"]
+    randomize = ["partial-labels"]
+    p = [0.0, 0.5, 1.0]
+
+    [[grid]]                     # ... and any number of further products, concatenated
+    randomize = ["random-labels", "gaussian"]
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import sys
+from dataclasses import dataclass
+
+from . import api
+from .errors import UserError
+from .spec import FIELD_NAMES, RunSpec, from_dict, load_toml
+from .store import Store
+
+EXECUTORS = ("local", "process", "ray")
+LIST_FIELDS = ("augment", "hidden")
+
+
+def expand(base: dict, grids: list[dict] | None = None, seeds=(0,)) -> list[RunSpec]:
+    """The specs of a grid: for every ``grid`` table the product of its value lists over ``base``,
+    times every seed; duplicates (same run id) are dropped, order kept."""
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seeds:
+        raise UserError("the grid has no seeds; give seeds = N (a count) or a list such as seeds = [0, 1]")
+    specs, seen = [], set()
+    for grid in grids or [{}]:
+        for k, v in grid.items():
+            if k not in FIELD_NAMES or k == "seed":
+                raise UserError(f"unknown grid key {k!r}; use spec fields ({', '.join(FIELD_NAMES)}) and a top-level seeds")
+            if isinstance(v, list) and not v:
+                raise UserError(f"grid key {k!r} has an empty list; give at least one value")
+        keys = list(grid)
+        values = [_choices(k, v) for k, v in grid.items()]
+        for combo in itertools.product(*values):
+            for seed in seeds:
+                spec = from_dict({**base, **dict(zip(keys, combo)), "seed": seed})
+                if spec.run_id not in seen:
+                    seen.add(spec.run_id)
+                    specs.append(spec)
+    return specs
+
+
+def _choices(key: str, value) -> list:
+    """A grid entry's values: a list is a list of choices, except for the list-valued fields
+    (augment, hidden), whose choices are a list of lists; anything else is one choice."""
+    if key in LIST_FIELDS:
+        return value if value and all(isinstance(v, list) for v in value) else [value]
+    return value if isinstance(value, list) else [value]
+
+
+def load_grid(path: str) -> list[RunSpec]:
+    """Read a grid file (see the module docstring) into its specs."""
+    doc = load_toml(path)
+    unknown = set(doc) - {"base", "grid", "seeds"}
+    if unknown:
+        raise UserError(f"grid file {path}: unknown top-level key {sorted(unknown)[0]!r}; "
+                        "use seeds, [base] and [[grid]] tables")
+    grids = doc.get("grid", [])
+    if isinstance(grids, dict):
+        grids = [grids]
+    return expand(doc.get("base", {}), grids, doc.get("seeds", [0]))
+
+
+# -- executors ------------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    spec: RunSpec
+    checkpoint_path: str | None
+    checkpoint_interval: float
+    resume: bool
+
+
+def _work(job: Job) -> api.RunResult:
+    """Train one job (in whichever process runs it) and return its result."""
+    return api.execute(job.spec, job.checkpoint_path, checkpoint_interval=job.checkpoint_interval,
+                       resume=job.resume)
+
+
+class LocalExecutor:
+    """Runs jobs one after another in this process."""
+
+    def run(self, jobs):
+        for job in jobs:
+            yield _work(job)
+
+    def close(self, interrupted: bool = False):
+        pass
+
+
+def _init_worker(threads: int) -> None:
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and ends the workers
+    torch.set_num_threads(threads)
+
+
+class ProcessExecutor:
+    """Runs jobs in ``workers`` spawned processes, each with its share of the CPU threads."""
+
+    def __init__(self, workers: int = 2):
+        self.workers = max(1, workers)
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        self.pool = multiprocessing.get_context("spawn").Pool(self.workers, _init_worker, (threads,))
+
+    def run(self, jobs):
+        yield from self.pool.imap_unordered(_work, jobs, chunksize=1)
+
+    def close(self, interrupted: bool = False):
+        if interrupted:
+            self.pool.terminate()  # runs in flight resume from their checkpoints next time
+        else:
+            self.pool.close()
+        self.pool.join()
+
+
+def make_executor(name: str, workers: int, address: str | None = None):
+    if name == "local":
+        return LocalExecutor()
+    if name == "process":
+        return ProcessExecutor(workers)
+    if name == "ray":
+        from .cluster import RayExecutor  # an optional extra
+
+        return RayExecutor(workers, address)
+    raise UserError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+# -- the driver -----------------------------------------------------------------------------------
+
+def run_sweep(
+    specs: list[RunSpec],
+    store: str | Store = api.DEFAULT_STORE,
+    *,
+    executor: str = "local",
+    workers: int = 1,
+    force: bool = False,
+    checkpoint_dir: str | None = None,
+    checkpoint_interval: float = 60.0,
+    progress: bool = True,
+    address: str | None = None,
+) -> list[api.RunResult]:
+    """Run every spec not already finished in ``store``; returns results in the order of ``specs``.
+
+    The driver alone writes the store: each result is recorded (in its own transaction) as soon as
+    it comes back, so an interrupted sweep keeps every finished run. KeyboardInterrupt is raised
+    again after recording what finished.
+    """
+    from tqdm import tqdm
+
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    db = store if isinstance(store, Store) else Store(store)
+    results: dict[str, api.RunResult] = {}
+    todo = []
+    for spec in specs:
+        stored = None if force else api.lookup(db, spec)
+        if stored is not None:
+            results[spec.run_id] = stored
+        else:
+            todo.append(Job(spec, api.checkpoint_path(db, spec, checkpoint_dir), checkpoint_interval, not force))
+    for job in todo:
+        api.start(db, job.spec, status="queued")
+    bar = tqdm(total=len(specs), initial=len(results), file=sys.stderr, unit="run", desc="sweep",
+               disable=not progress)
+    pool = make_executor(executor, workers, address) if todo else None
+    interrupted = False
+    try:
+        for result in pool.run(todo) if pool else ():
+            api.record(db, result)
+            results[result.run_id] = result
+            bar.set_postfix_str(f"{result.run_id} {result.status}")
+            bar.update(1)
+            if result.status == "interrupted":
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close(interrupted)
+    return [results[s.run_id] for s in specs]

@@ -1,0 +1,132 @@
+"""Sweeps: grid expansion, executors, and interrupted sweeps that resume without duplicates."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rethink.cli import main
+from rethink.errors import UserError
+from rethink.store import Store
+from rethink.sweep import expand, load_grid, run_sweep
+
+GRID = """
+seeds = 2
+[base]
+dataset = "digits"
+train_size = 300
+model = "mlp1x512"
+lr = 0.1
+lr_decay = 1.0
+epochs = 60
+stop_on_fit = false
+[[grid]]
+randomize = "partial-labels"
+p = [0.0, 0.5, 1.0]
+"""
+
+
+def stored(store_path):
+    """Every finished run's metrics, wall-clock fields left out, keyed by run id."""
+    db = Store(store_path)
+    out = {}
+    for r in db.runs():
+        evals = [{k: v for k, v in e.items() if k != "seconds"} for e in db.evals(r["run_id"])]
+        out[r["run_id"]] = (r["status"], evals, db.step_losses(r["run_id"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("grid") / "grid.toml"
+    path.write_text(GRID)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(grid_file, tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("ref") / "ref.sqlite")
+    results = run_sweep(load_grid(grid_file), store, progress=False)
+    return store, results
+
+
+def test_expand_products_seeds_and_duplicates():
+    specs = expand({"dataset": "digits"}, [{"randomize": "partial-labels", "p": [0.0, 0.5], "augment": [[], ["crop"]]},
+                                           {"randomize": ["gaussian", "gaussian"]}], seeds=[0, 3])
+    assert len(specs) == 2 * 2 * 2 + 2
+    assert {s.seed for s in specs} == {0, 3}
+    assert {s.augment for s in specs} == {(), ("crop",)}
+    assert len({s.run_id for s in specs}) == len(specs)
+    with pytest.raises(UserError, match="unknown grid key 'lr_rate'"):
+        expand({}, [{"lr_rate": [0.1]}])
+    with pytest.raises(UserError, match="empty list"):
+        expand({}, [{"p": []}])
+
+
+def test_grid_file_errors(tmp_path):
+    bad = tmp_path / "g.toml"
+    bad.write_text("seeds = 1\n[bases]\nmodel = 'mlp'\n")
+    with pytest.raises(UserError, match="unknown top-level key 'bases'"):
+        load_grid(str(bad))
+    bad.write_text("[base]\nmodel = 'mlp1x512'\nepochs = 0\n")
+    with pytest.raises(UserError, match="--epochs 0"):
+        load_grid(str(bad))
+
+
+def test_process_executor_matches_local(reference, grid_file, tmp_path):
+    ref_store, ref_results = reference
+    assert len(ref_results) == 6 and all(r.status == "fitted" or r.status == "budget" for r in ref_results)
+    store = str(tmp_path / "p.sqlite")
+    results = run_sweep(load_grid(grid_file), store, executor="process", workers=2, progress=False)
+    assert [r.run_id for r in results] == [r.run_id for r in ref_results]
+    assert stored(store) == stored(ref_store)
+    again = run_sweep(load_grid(grid_file), store, executor="process", workers=2, progress=False)
+    assert all(r.cached for r in again), "a finished sweep is not run again"
+
+
+def test_killed_sweep_resumes_to_the_same_results(reference, grid_file, tmp_path):
+    ref_store, _ = reference
+    store = str(tmp_path / "k.sqlite")
+    exe = os.path.join(os.path.dirname(sys.executable), "rethink")
+    cmd = [exe, "sweep", grid_file, "--store", store, "--checkpoint-interval", "0", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    finished = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        if os.path.exists(store):
+            try:
+                with sqlite3.connect(store, timeout=1) as db:
+                    finished = db.execute("SELECT count(*) FROM runs WHERE status IN ('fitted', 'budget')").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+            if finished >= 2:
+                break
+    assert proc.poll() is None, "the sweep ended before it could be killed; make the runs longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= finished < 6
+    ckpts = os.listdir(os.path.join(tmp_path, "checkpoints"))
+    assert ckpts, "checkpoints were written before the kill"
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert stored(store) == stored(ref_store)
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 6
+        assert db.execute("SELECT count(DISTINCT run_id) FROM evals").fetchone()[0] == 6
+
+
+def test_sweep_cli_json(grid_file, tmp_path, capsys):
+    store = str(tmp_path / "c.sqlite")
+    assert main(["sweep", grid_file, "--store", store, "--json", "--quiet"]) == 0
+    import json
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 6 and {o["spec"]["p"] for o in out} == {0.0, 0.5, 1.0}
+    assert main(["sweep", str(tmp_path / "missing.toml"), "--store", store]) == 2
+    assert main(["sweep", grid_file, "--store", store, "--executor", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "unknown executor 'slurm'" in err
