@@ -155,6 +155,15 @@ def _warn(msg: str) -> None:
     print(f"rethink: {msg}", file=sys.stderr)
 
 
+def load_result(db: Store, run_id: str) -> RunResult | None:
+    """A stored run as a :class:`RunResult` (None if the store does not have it)."""
+    row = db.get_run(run_id)
+    if row is None:
+        return None
+    return RunResult(run_id, row["status"], from_dict(row["spec"]), row["summary"] or {}, db.evals(run_id),
+                     db.step_losses(run_id), cached=True)
+
+
 def lookup(db: Store | None, spec: RunSpec) -> RunResult | None:
     """The stored result of a finished run of ``spec``, or None. Warns when it was stored by
     another package version or git commit, or from other data."""
@@ -168,8 +177,7 @@ def lookup(db: Store | None, spec: RunSpec) -> RunResult | None:
         ("data checksum", previous["data_checksum"], checksum)) if old != new]
     if changed:
         _warn(f"run {spec.run_id} was stored with a different {', '.join(changed)}; pass --force to run it again")
-    return RunResult(spec.run_id, previous["status"], spec, previous["summary"], db.evals(spec.run_id),
-                     db.step_losses(spec.run_id), cached=True)
+    return load_result(db, spec.run_id)
 
 
 def checkpoint_path(db: Store, spec: RunSpec, checkpoint_dir: str | None) -> str:

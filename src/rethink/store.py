@@ -30,6 +30,9 @@ CREATE TABLE IF NOT EXISTS evals (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     {", ".join(c + (" INTEGER NOT NULL" if c == "step" else " REAL") for c in EVAL_COLUMNS)},
     PRIMARY KEY (run_id, step)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS recipes (
+    name TEXT NOT NULL, scale TEXT NOT NULL, options TEXT NOT NULL, run_ids TEXT NOT NULL,
+    created REAL NOT NULL, PRIMARY KEY (name, scale, options));
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     step INTEGER NOT NULL, loss REAL, PRIMARY KEY (run_id, step)) WITHOUT ROWID;
@@ -102,6 +105,13 @@ class Store:
                             (status, json.dumps(summary, sort_keys=True), time.time(), info.get("data_checksum"),
                              info.get("device"), info.get("num_params"), run_id))
 
+    def record_recipe(self, name: str, scale: str, options: dict, run_ids: list[str]) -> None:
+        """Remember which runs make up a recipe's output, so that a report can rebuild it."""
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO recipes (name, scale, options, run_ids, created)"
+                            " VALUES (?, ?, ?, ?, ?)", (name, scale, json.dumps(options, sort_keys=True),
+                                                        json.dumps(run_ids), time.time()))
+
     # -- reads --------------------------------------------------------------------------------
     def get_run(self, run_id: str) -> dict | None:
         row = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -121,6 +131,11 @@ class Store:
     def step_losses(self, run_id: str) -> list[float]:
         rows = self.db.execute("SELECT loss FROM steps WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
         return [r[0] if r[0] is not None else float("nan") for r in rows]
+
+    def recipes(self) -> list[dict]:
+        rows = self.db.execute("SELECT name, scale, options, run_ids, created FROM recipes ORDER BY created").fetchall()
+        return [{"name": n, "scale": sc, "options": json.loads(o), "run_ids": json.loads(r), "created": c}
+                for n, sc, o, r, c in rows]
 
     def export_csv(self, path: str, what: str = "evals", run_ids: list[str] | None = None) -> int:
         """Write evaluations (or per-step losses, or the runs table) as CSV; returns the row count."""

@@ -17,12 +17,11 @@ import sys
 
 from ..errors import UserError
 from .html import to_html, write_html
-from .tables import Figure, Output, Table, latex_escape, numeric_columns, to_latex, to_markdown
+from .tables import DPI, Figure, Output, Table, _md_text, latex_escape, numeric_columns, to_latex, to_markdown
 
 __all__ = ["Table", "Figure", "Output", "to_markdown", "to_latex", "latex_escape", "numeric_columns",
            "save", "close", "environment", "to_html", "write_html", "DPI"]
 
-DPI = 120
 _RESERVED = {"readme", "specs", "runs", "environment"}
 _STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -84,7 +83,7 @@ def _readme(output: Output, has_env: bool) -> str:
     for fig in output.figures:
         lines += [f"## Figure `{fig.name}`", "", f"![{fig.name}]({fig.name}.png)", ""]
         if fig.caption.strip():
-            lines += [" ".join(fig.caption.split()), ""]
+            lines += [_md_text(fig.caption), ""]
         lines += [f"Files: [{fig.name}.png]({fig.name}.png), [{fig.name}.svg]({fig.name}.svg)", ""]
     for table in output.tables:
         lines += [f"## Table `{table.name}`", "", to_markdown(table),

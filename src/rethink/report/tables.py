@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     import matplotlib.figure
 
+DPI = 120  # resolution of every PNG (saved files and the images embedded in HTML)
+
 
 @dataclass
 class Table:
@@ -73,20 +75,26 @@ def numeric_columns(table: Table) -> list[bool]:
 
 
 # -- Markdown -----------------------------------------------------------------------------------
+def _md_text(text: str) -> str:
+    """One line of Markdown text; ``<`` is escaped so that "<true>" is not taken for an HTML tag."""
+    return " ".join(str(text).split()).replace("<", "&lt;")
+
+
 def _md_cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    return _md_text(text).replace("|", "\\|")
 
 
 def to_markdown(table: Table) -> str:
     """A GitHub pipe table, with the caption above it in italics and the notes below it."""
     parts = []
     if table.caption.strip():
-        parts.append("*" + " ".join(table.caption.split()).replace("*", "\\*") + "*")
+        parts.append("*" + _md_text(table.caption).replace("*", "\\*") + "*")
     lines = ["| " + " | ".join(_md_cell(h) for h in table.header) + " |",
              "|" + "|".join("---:" if num else ":---" for num in numeric_columns(table)) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.padded_rows()]
     parts.append("\n".join(lines))
-    parts += [" ".join(note.split()) for note in table.notes if note.strip()]
+    # a note that starts like a list item or heading ("* ...", "- ...", "# ...") stays a plain paragraph
+    parts += [re.sub(r"^([*+#>-])", r"\\\1", _md_text(note)) for note in table.notes if note.strip()]
     return "\n\n".join(parts) + "\n"
 
 
@@ -94,7 +102,7 @@ def to_markdown(table: Table) -> str:
 _LATEX = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "<": r"\textless{}", ">": r"\textgreater{}",
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
     # a few non-ASCII characters that plain LaTeX (no packages) cannot typeset as they are
     "\u00b1": r"$\pm$", "\u00d7": r"$\times$", "\u2248": r"$\approx$", "\u2264": r"$\leq$",
     "\u2265": r"$\geq$", "\u2212": "-", "\u2013": "--", "\u2014": "---", "\u2192": r"$\rightarrow$",

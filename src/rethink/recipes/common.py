@@ -1,0 +1,107 @@
+"""What the recipes share: per-scale protocols, spec construction, aggregation over seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserError
+from ..spec import RunSpec
+
+SCALES = ("smoke", "cpu", "paper")
+
+# The paper's models at each scale, as (registry name, width). Narrower versions keep CPU runs short.
+PAPER_MODELS = ("inception", "inception-nobn", "alexnet", "mlp1x512", "mlp3x512")
+LABELS = {"inception": "Inception", "inception-nobn": "Inception w/o BatchNorm", "alexnet": "AlexNet",
+          "mlp1x512": "MLP 1x512", "mlp3x512": "MLP 3x512"}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The settings of one scale. Every recipe prints them in its captions."""
+
+    scale: str
+    dataset: str
+    train_size: int | None
+    test_size: int | None
+    widths: dict = field(default_factory=dict)  # model -> width multiplier (1 when absent)
+    lr_decay: float = 0.95
+    epochs: int = 100
+    eval_every: int | None = None
+    fit_threshold: float = 1.0
+    p_levels: tuple = tuple(round(0.1 * i, 1) for i in range(11))
+    weight_decay: float = 5e-4  # the paper gives no value for Table 1
+
+    def describe(self, data: str | None = None) -> str:
+        size = (f"{self.train_size or 'all'} train / {self.test_size or 'all'} test images")
+        widths = ", ".join(f"{LABELS.get(m, m)} at width {w:g}" for m, w in self.widths.items() if w != 1)
+        decay = "constant learning rate (decay 1)" if self.lr_decay == 1 else f"learning rate x{self.lr_decay:g} per epoch"
+        evals = f"every {self.eval_every} steps" if self.eval_every else "every epoch"
+        return (f"Scale '{self.scale}': {data or self.dataset}, {size}"
+                + (f"; {widths}" if widths else "; the paper's models at full width")
+                + f"; SGD momentum 0.9, batch 128, the paper's initial rates (0.1 Inception, 0.01 others), {decay}; "
+                  f"budget {self.epochs} epochs; fit threshold {100 * self.fit_threshold:g}% training accuracy, "
+                  f"evaluated {evals}.")
+
+
+PROTOCOLS = {
+    # CI-sized: the embedded digits set, tiny models; seconds per recipe.
+    "smoke": Protocol("smoke", "digits", 200, 100,
+                      widths={"inception": 0.125, "inception-nobn": 0.125, "alexnet": 0.125, "mlp1x512": 0.25,
+                              "mlp3x512": 0.25},
+                      lr_decay=1.0, epochs=15, p_levels=(0.0, 0.5, 1.0)),
+    # About an hour at most on 2 CPU cores per recipe: a subset, narrower conv nets, constant rate.
+    "cpu": Protocol("cpu", "fashion-mnist", 1000, 1000,
+                    widths={"inception": 0.25, "inception-nobn": 0.25, "alexnet": 0.5},
+                    lr_decay=1.0, epochs=400, p_levels=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
+    # The paper's own setting: CIFAR-10, full size, full models, lr x0.95 per epoch.
+    "paper": Protocol("paper", "cifar10", None, None, lr_decay=0.95, epochs=100),
+}
+
+
+def protocol(scale: str) -> Protocol:
+    if scale not in PROTOCOLS:
+        raise UserError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    return PROTOCOLS[scale]
+
+
+def make_spec(proto: Protocol, options: dict, model: str, seed: int, **fields) -> RunSpec:
+    """A run of ``model`` under the scale's protocol; ``options`` may override the dataset."""
+    base = dict(dataset=options.get("dataset") or proto.dataset, data_dir=options.get("data_dir"),
+                train_size=proto.train_size, test_size=proto.test_size, model=model,
+                width=proto.widths.get(model, 1.0), lr_decay=proto.lr_decay, epochs=proto.epochs,
+                eval_every=proto.eval_every, fit_threshold=proto.fit_threshold, seed=seed)
+    base.update(fields)
+    return RunSpec(**base)
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of the finite values."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def fmt(mean: float, std: float, digits: int = 2, scale: float = 1.0, seeds: int = 1) -> str:
+    """'m ± s' (or 'm' with one seed); '' for nan."""
+    if not np.isfinite(mean):
+        return ""
+    m = f"{mean * scale:.{digits}f}"
+    return f"{m} ± {std * scale:.{digits}f}" if seeds > 1 else m
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def group(results, key) -> dict:
+    """Results grouped by ``key(result)`` in first-seen order."""
+    out: dict = {}
+    for r in results:
+        out.setdefault(key(r), []).append(r)
+    return out
