@@ -19,7 +19,7 @@ from rethink.errors import UserError  # noqa: E402
 from rethink.report import Figure, Output, Table, close, environment, save, to_html, to_latex, to_markdown, write_html  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CHROMIUM = "/usr/bin/chromium"
+from browser import CHROMIUM, render_in_chromium
 
 
 def make_output(recipe="figure1b", scale="smoke") -> Output:
@@ -195,46 +195,8 @@ def test_empty_report_says_so():
 
 
 # -- a real browser -----------------------------------------------------------------------------
-IMG_CHECK = """<script>
-window.addEventListener("load", function () {
-  var imgs = Array.from(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  var d = document.createElement("div"); d.id = "imgcheck"; d.textContent = ok + "/" + imgs.length;
-  document.body.appendChild(d);
-});
-</script>
-</body>"""
-
-
-def chromium(tmp_path, *args):
-    profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"headless browser check needs {CHROMIUM} (Debian package chromium)")
 def test_html_renders_in_chromium(output, tmp_path):
     page = to_html([output], title="browser check")
-    assert page.count("</body>") == 1
-    path = tmp_path / "report.html"
-    path.write_text(page.replace("</body>", IMG_CHECK), encoding="utf-8")
-
-    dom = chromium(tmp_path, "--dump-dom", path.as_uri())
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "browser check" in dom.stdout and "figure1b" in dom.stdout and "(smoke scale)" in dom.stdout
-    m = re.search(r'<div id="imgcheck">(\d+)/(\d+)</div>', dom.stdout)
-    assert m, "the image check script did not run"
-    assert int(m.group(1)) == int(m.group(2)) == 2
-
-    shot = tmp_path / "shot.png"
-    r = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", path.as_uri())
-    assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]
-    from PIL import Image
-
-    with Image.open(shot) as im:
-        gray = im.convert("L")
-        hist = gray.histogram()
-        non_white = sum(hist[:250]) / (gray.width * gray.height)
-    assert non_white > 0.01, f"screenshot is nearly blank ({non_white:.2%} non-white)"
+    dom = render_in_chromium(page, tmp_path, expect_images=2)
+    assert "browser check" in dom and "figure1b" in dom and "(smoke scale)" in dom

@@ -174,3 +174,10 @@ def test_every_epoch_sees_the_same_randomized_data(kind):
     for x in per_epoch:
         assert np.array_equal(canonical(x), reference)
     assert not torch.equal(per_epoch[0], per_epoch[1]), "batch order changes between epochs"
+
+
+def test_stop_loss_ends_a_run_as_converged():
+    r = rethink.run({**SMALL, "stop_on_fit": False, "stop_loss": 0.05, "epochs": 400}, store=None)
+    assert r.status == "converged"
+    assert r.evals[-1]["train_loss"] <= 0.05 < min(e["train_loss"] for e in r.evals[:-1])
+    assert r.time_to_fit is not None and r.time_to_fit["steps"] < r.evals[-1]["step"]

@@ -29,7 +29,7 @@ from .store import Store
 from .train.engine import TrainConfig, TrainData, train
 
 DEFAULT_STORE = os.path.join("runs", "rethink.sqlite")
-FINISHED = ("fitted", "budget", "diverged")
+FINISHED = ("fitted", "converged", "budget", "diverged")
 
 
 @dataclass
@@ -148,6 +148,7 @@ def train_config(spec: RunSpec) -> TrainConfig:
         lr=spec.resolved_lr, lr_decay=spec.lr_decay, momentum=spec.momentum, weight_decay=spec.weight_decay,
         batch_size=spec.batch_size, epochs=spec.epochs, max_steps=spec.max_steps, augment=spec.augment,
         eval_every=spec.eval_every, fit_threshold=spec.fit_threshold, stop_on_fit=spec.stop_on_fit,
+        stop_loss=spec.stop_loss,
         seed=spec.seed)
 
 

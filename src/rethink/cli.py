@@ -39,6 +39,7 @@ HELP = {
     "augment": "comma list of crop, flip, color (batched on the device)",
     "eval_every": "evaluate every N steps (default: once per epoch)",
     "fit_threshold": "training accuracy that counts as fitted",
+    "stop_loss": "end the run when the full training loss falls to this value (status converged)",
     "seed": "one seed for data randomization, subset, initialization, batch order and augmentation",
     "device": "auto, cpu or cuda",
 }
@@ -151,6 +152,30 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .recipes import reproduce
+
+    output, paths = reproduce(args.name, args.scale, dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds,
+                              out=args.out, store=args.store, executor=args.executor, workers=args.workers,
+                              progress=not args.quiet)
+    for table in output.tables:
+        from .report import to_markdown
+
+        print(to_markdown(table) + "\n")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .recipes import stored_outputs
+    from .report import environment, write_html
+    from .store import Store
+
+    outputs = stored_outputs(Store(args.store))
+    path = write_html(outputs, args.out, env=environment())
+    print(f"wrote {path} ({len(outputs)} recipe outputs)", file=sys.stderr)
+    return 0
+
+
 def cmd_models(args) -> int:
     import torch
 
@@ -226,6 +251,27 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address for --executor ray (default: a local Ray instance)")
     _add_store_flags(p)
     p.set_defaults(func=cmd_sweep)
+
+    from .recipes import RECIPES, SCALES
+
+    p = sub.add_parser("reproduce", help="reproduce one of the paper's figures or tables")
+    p.add_argument("name", help=", ".join(RECIPES))
+    p.add_argument("--scale", default="cpu", choices=SCALES,
+                   help="smoke (seconds, for tests), cpu (about an hour on 2 cores), paper (CIFAR-10, full size)")
+    p.add_argument("--dataset", help="replace the scale's dataset (e.g. imagefolder, cifar10)")
+    p.add_argument("--data-dir", help="where the dataset's files are")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per setting (means with spread when > 1)")
+    p.add_argument("--out", help="output folder (default results/NAME)")
+    p.add_argument("--store", default=DEFAULT_STORE)
+    p.add_argument("--executor", default="local", help="local, process or ray")
+    p.add_argument("--workers", type=int, default=2, help="worker processes for --executor process")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("report", help="one self-contained HTML file with every figure and table the store can make")
+    p.add_argument("--store", default=DEFAULT_STORE)
+    p.add_argument("--out", default="report.html")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the six tests and a p sweep on the embedded digits set (about a minute)")
     p.add_argument("--out", default="demo-out", help="folder for the table and learning-curve PNG")

@@ -55,6 +55,7 @@ class RunSpec:
     eval_every: int | None = None  # steps; None: once per epoch
     fit_threshold: float = 1.0
     stop_on_fit: bool = True
+    stop_loss: float | None = None  # end when the full training loss falls to this ("converged")
     # execution
     seed: int = 0
     device: str = "auto"
@@ -109,7 +110,7 @@ def _choice(spec, name, options):
 
 
 def _validate(s: RunSpec) -> None:
-    for name in ("p", "lr", "lr_decay", "momentum", "weight_decay", "width", "dropout", "fit_threshold"):
+    for name in ("p", "lr", "lr_decay", "momentum", "weight_decay", "width", "dropout", "fit_threshold", "stop_loss"):
         _finite(s, name)
     _choice(s, "randomize", KINDS)
     _choice(s, "preprocess", ("standard", "none"))
@@ -133,6 +134,8 @@ def _validate(s: RunSpec) -> None:
         raise UserError(f"--width {s.width} must be positive (1 is the paper's width)")
     if not 0 < s.fit_threshold <= 1:
         raise UserError(f"--fit-threshold {s.fit_threshold} must be in (0, 1]; 1.0 means 100% training accuracy")
+    if s.stop_loss is not None and s.stop_loss <= 0:
+        raise UserError(f"--stop-loss {s.stop_loss} must be positive, e.g. 0.01")
     for name in ("batch_size", "epochs"):
         if getattr(s, name) < 1:
             raise UserError(f"{_flag(name)} {getattr(s, name)} must be a positive whole number")

@@ -102,8 +102,10 @@ def _work(job: Job) -> api.RunResult:
 class LocalExecutor:
     """Runs jobs one after another in this process."""
 
-    def run(self, jobs):
+    def run(self, jobs, on_start=None):
         for job in jobs:
+            if on_start:
+                on_start(job)
             yield _work(job)
 
     def close(self, interrupted: bool = False):
@@ -127,7 +129,7 @@ class ProcessExecutor:
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         self.pool = multiprocessing.get_context("spawn").Pool(self.workers, _init_worker, (threads,))
 
-    def run(self, jobs):
+    def run(self, jobs, on_start=None):
         yield from self.pool.imap_unordered(_work, jobs, chunksize=1)
 
     def close(self, interrupted: bool = False):
@@ -148,6 +150,12 @@ def make_executor(name: str, workers: int, address: str | None = None):
 
         return RayExecutor(workers, address)
     raise UserError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+def describe(spec: RunSpec) -> str:
+    """A short label of a run for progress lines."""
+    test = spec.randomize + (f" p={spec.p:g}" if spec.randomize == "partial-labels" else "")
+    return f"{spec.model} {test} seed {spec.seed} ({spec.run_id[:8]})"
 
 
 # -- the driver -----------------------------------------------------------------------------------
@@ -190,10 +198,13 @@ def run_sweep(
     pool = make_executor(executor, workers, address) if todo else None
     interrupted = False
     try:
-        for result in pool.run(todo) if pool else ():
+        def show(job):
+            bar.set_postfix_str(f"running {describe(job.spec)}")
+
+        for result in pool.run(todo, on_start=show) if pool else ():
             api.record(db, result)
             results[result.run_id] = result
-            bar.set_postfix_str(f"{result.run_id} {result.status}")
+            bar.set_postfix_str(f"{describe(result.spec)}: {result.status}")
             bar.update(1)
             if result.status == "interrupted":
                 raise KeyboardInterrupt

@@ -109,7 +109,7 @@ def render_1b(results, proto, options, seeds):
         line = ax.errorbar(st["p"], m, yerr=s if seeds > 1 else None, marker="o", capsize=3, label=LABELS[model])
         ax.plot([1.0], [PAPER_1B_RATIO[model]], marker="*", ms=12, ls="none", color=line[0].get_color(), alpha=0.6)
         for p, (sm, ss), (rm, rs) in zip(st["p"], st["steps"], st["relative"]):
-            rows.append([LABELS[model], f"{p:g}", fmt(sm, ss, 0, seeds=seeds), fmt(rm, rs, 2, seeds=seeds),
+            rows.append([LABELS[model], f"{p:g}", fmt(sm, ss, 0, seeds=seeds) or "not fitted", fmt(rm, rs, 2, seeds=seeds),
                          f"≈{PAPER_1B_RATIO[model]}" if p == 1.0 else ""])
     ax.plot([], [], marker="*", ms=12, ls="none", color="gray", label="paper at p = 1 (≈, read off the figure)")
     ax.set(xlabel="label corruption", ylabel="time to overfit (relative to p = 0)",

@@ -56,12 +56,13 @@ class TrainConfig:
     eval_every: int | None = None  # steps; None: at the end of every epoch
     fit_threshold: float = 1.0
     stop_on_fit: bool = True
+    stop_loss: float | None = None
     seed: int = 0
 
 
 @dataclass
 class TrainResult:
-    status: str  # fitted | budget | diverged | interrupted
+    status: str  # fitted | converged | budget | diverged | interrupted
     evals: list[dict] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
     time_to_fit: dict | None = None
@@ -189,6 +190,8 @@ def train(
         if res.time_to_fit is None and metrics["train_acc"] >= cfg.fit_threshold - 1e-12:
             res.time_to_fit = {"steps": step, "epochs": step / steps_per_epoch,
                                "seconds": res.train_seconds, "resolution_steps": eval_every}
+        if cfg.stop_loss is not None and metrics["train_loss"] <= cfg.stop_loss:
+            res.status = "converged"
         eval_t = time.perf_counter()
         res.eval_seconds += eval_t - t0
         if on_progress:
@@ -200,7 +203,7 @@ def train(
         do_eval()
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            if step >= total_steps or (res.time_to_fit and cfg.stop_on_fit):
+            if step >= total_steps or _done(res, cfg):
                 break
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * cfg.lr_decay**epoch
@@ -232,7 +235,7 @@ def train(
                     if not math.isfinite(float(losses[b])):  # the one sync, at evaluations only
                         break
                     do_eval()
-                    if res.time_to_fit and cfg.stop_on_fit:
+                    if _done(res, cfg):
                         break
             epoch_losses = losses[:done_in_epoch].tolist()
             res.step_losses.extend(epoch_losses)
@@ -240,7 +243,7 @@ def train(
             if not all(math.isfinite(v) for v in epoch_losses):
                 res.status = "diverged"
                 break
-            last_epoch = step >= total_steps or epoch + 1 == cfg.epochs or (res.time_to_fit and cfg.stop_on_fit)
+            last_epoch = step >= total_steps or epoch + 1 == cfg.epochs or _done(res, cfg)
             if checkpoint_path and (last_epoch or time.perf_counter() - last_ckpt >= checkpoint_interval):
                 _sync(device)
                 t0 = time.perf_counter()
@@ -254,9 +257,14 @@ def train(
     except KeyboardInterrupt:
         res.status = "interrupted"
         return _finish(res, steps_per_epoch)
-    if res.status != "diverged":
+    if res.status not in ("diverged", "converged"):
         res.status = "fitted" if res.time_to_fit and cfg.stop_on_fit else "budget"
     return _finish(res, steps_per_epoch)
+
+
+def _done(res: TrainResult, cfg: TrainConfig) -> bool:
+    """Whether a stop rule has ended training: fitted (and stopping on fit) or converged."""
+    return bool(res.time_to_fit and cfg.stop_on_fit) or res.status == "converged"
 
 
 def _finish(res: TrainResult, steps_per_epoch: int) -> TrainResult:

@@ -1,0 +1,121 @@
+"""One recipe per figure and table of the paper: its runs (a grid of specs, per scale) and how
+they become figures and tables beside the paper's own numbers.
+
+``reproduce(name, scale)`` runs the recipe's sweep (skipping runs the store already has), records
+which runs make up the output, renders it and writes it under ``results/NAME/``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import api
+from ..errors import UserError
+from ..report import Output, close, save
+from ..store import Store
+from ..sweep import run_sweep
+from . import figure1, figure2, tables
+from .common import PROTOCOLS, SCALES, protocol
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    specs: Callable  # (protocol, options, seeds) -> list[RunSpec]
+    render: Callable  # (results, protocol, options, seeds) -> (figures, tables)
+
+
+RECIPES = {r.name: r for r in [
+    Recipe("figure1a", "learning curves of Inception under the five randomization tests", figure1.specs_1a,
+           figure1.render_1a),
+    Recipe("figure1b", "time to overfit vs label corruption (Inception, AlexNet, MLP 1x512)", figure1.specs_p,
+           figure1.render_1b),
+    Recipe("figure1c", "test error vs label corruption (Inception, AlexNet, MLP 1x512)", figure1.specs_p,
+           figure1.render_1c),
+    Recipe("figure2b", "Inception with and without batch norm: accuracy curves, early-stopping gain",
+           figure2.specs_2b, figure2.render_2b),
+    Recipe("table1", "train/test accuracy with and without random crop and weight decay, random labels",
+           tables.specs_table1, tables.render_table1),
+    Recipe("table4", "random labels with weight decay, random cropping, augmentation", tables.specs_table4,
+           tables.render_table4),
+]}
+
+
+def get(name: str) -> Recipe:
+    if name not in RECIPES:
+        import difflib
+
+        near = difflib.get_close_matches(name, RECIPES, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise UserError(f"unknown recipe {name!r}; {hint}choose one of {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def recipe_specs(name: str, scale: str, options: dict, seeds: int):
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds} must be at least 1")
+    return get(name).specs(protocol(scale), options, seeds)
+
+
+def render(name: str, scale: str, options: dict, seeds: int, results) -> Output:
+    figures, tabs = get(name).render(results, protocol(scale), options, seeds)
+    runs = [{"run_id": r.run_id, "status": r.status, "model": r.spec.model, "randomize": r.spec.randomize,
+             "p": r.spec.p, "seed": r.spec.seed, "train_acc": r.train_acc, "test_acc": r.test_acc,
+             "time_to_fit": r.time_to_fit} for r in results]
+    return Output(name, scale, tabs, figures, [r.spec.to_dict() for r in results], runs)
+
+
+def reproduce(
+    name: str,
+    scale: str = "cpu",
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    seeds: int = 1,
+    out: str | None = None,
+    store: str = api.DEFAULT_STORE,
+    executor: str = "local",
+    workers: int = 1,
+    progress: bool = True,
+) -> tuple[Output, list[str]]:
+    """Run (or read back) the recipe's runs, then write its figures and tables to ``out``."""
+    options = {"dataset": dataset, "data_dir": data_dir}
+    specs = recipe_specs(name, scale, options, seeds)
+    out = out or os.path.join("results", name)
+    t0 = time.perf_counter()
+    db = Store(store)
+    results = run_sweep(specs, db, executor=executor, workers=workers, progress=progress)
+    db.record_recipe(name, scale, {**options, "seeds": seeds}, [r.run_id for r in results])
+    output = render(name, scale, options, seeds, results)
+    paths = save(output, out)
+    close(output)
+    if progress:
+        print(f"{name} ({scale}): {len(results)} runs, {time.perf_counter() - t0:.0f} s; wrote {out}/",
+              file=sys.stderr)
+    return output, paths
+
+
+def stored_outputs(db: Store) -> list[Output]:
+    """Every recipe output the store can make: the latest recording of each recipe and scale whose
+    runs are all in the store."""
+    latest = {}
+    for rec in db.recipes():
+        latest[(rec["name"], rec["scale"], str(sorted(rec["options"].items())))] = rec
+    outputs = []
+    for rec in latest.values():
+        if rec["name"] not in RECIPES:
+            continue
+        results = [api.load_result(db, rid) for rid in rec["run_ids"]]
+        if any(r is None or r.status not in api.FINISHED for r in results):
+            continue
+        opts = {k: v for k, v in rec["options"].items() if k != "seeds"}
+        outputs.append(render(rec["name"], rec["scale"], opts, rec["options"].get("seeds", 1), results))
+    return outputs
+
+
+__all__ = ["RECIPES", "SCALES", "PROTOCOLS", "Recipe", "get", "reproduce", "stored_outputs"]

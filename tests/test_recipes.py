@@ -1,0 +1,142 @@
+"""Every recipe at smoke scale produces its files; tables put the paper's values in the right
+cells; the slowdown statistics; the HTML report of a store, rendered in a real browser."""
+
+import os
+
+import pytest
+
+from rethink.api import RunResult
+from rethink.cli import main
+from rethink.recipes import RECIPES, figure1, reproduce, stored_outputs
+from rethink.recipes.common import protocol
+from rethink.recipes.tables import converged
+from rethink.spec import RunSpec
+from rethink.store import Store
+
+from browser import CHROMIUM, render_in_chromium
+
+FILES = {
+    "figure1a": ["figure1a.png", "figure1a.svg", "figure1a.md", "figure1a.tex"],
+    "figure1b": ["figure1b.png", "figure1b.svg", "figure1b.md", "figure1b.tex"],
+    "figure1c": ["figure1c.png", "figure1c.svg", "figure1c.md", "figure1c.tex"],
+    "figure2b": ["figure2b.png", "figure2b.svg", "figure2b.md", "figure2b.tex"],
+    "table1": ["table1.md", "table1.tex"],
+    "table4": ["table4.md", "table4.tex"],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Every recipe at smoke scale, into one store (figure1b and figure1c share their runs)."""
+    root = tmp_path_factory.mktemp("recipes")
+    store = str(root / "store.sqlite")
+    outputs = {}
+    for name in RECIPES:
+        out = root / name
+        assert main(["reproduce", name, "--scale", "smoke", "--out", str(out), "--store", store, "--quiet"]) == 0
+        outputs[name] = out
+    return store, outputs
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_recipe_writes_its_files(smoke, name):
+    _, outputs = smoke
+    files = os.listdir(outputs[name])
+    for f in FILES[name] + ["specs.json", "README.md"]:
+        assert f in files
+        assert os.path.getsize(outputs[name] / f) > 0
+    for f in FILES[name]:
+        if f.endswith(".png"):
+            assert (outputs[name] / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if f.endswith(".md"):
+            assert "Scale 'smoke'" in (outputs[name] / f).read_text(), "captions state the scale's protocol"
+
+
+def test_figure1b_and_1c_share_runs(smoke):
+    store, _ = smoke
+    recs = {r["name"]: r for r in Store(store).recipes()}
+    assert recs["figure1b"]["run_ids"] == recs["figure1c"]["run_ids"]
+    assert len(recs["figure1b"]["run_ids"]) == 3 * len(protocol("smoke").p_levels)
+
+
+def rows_of(md: str):
+    return [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| ")]
+
+
+def test_table1_paper_values_in_the_right_cells(smoke):
+    _, outputs = smoke
+    rows = rows_of((outputs["table1"] / "table1.md").read_text())
+    header, body = rows[0], rows[1:]
+    assert header == ["model", "# params", "random crop", "weight decay", "train acc", "test acc", "paper train",
+                      "paper test"]
+    cells = {(r[0], r[2], r[3]): (r[6], r[7]) for r in body}
+    assert cells[("Inception", "yes", "yes")] == ("100.0", "89.05")
+    assert cells[("Inception", "no", "no")] == ("100.0", "85.75")
+    assert cells[("Inception (random labels)", "no", "no")] == ("100.0", "9.78")
+    assert cells[("Inception w/o BatchNorm", "no", "yes")] == ("100.0", "83.00")
+    assert cells[("AlexNet", "yes", "no")] == ("99.82", "79.66")
+    assert cells[("AlexNet (random labels)", "no", "no")] == ("99.82", "9.86")
+    assert cells[("MLP 3x512", "no", "yes")] == ("100.0", "53.35")
+    assert cells[("MLP 1x512", "no", "yes")] == ("99.80", "50.39")
+    assert cells[("MLP 1x512 (random labels)", "no", "no")] == ("99.34", "10.61")
+    assert len(body) == 19
+    tex = (outputs["table1"] / "table1.tex").read_text()
+    assert "89.05" in tex and "\\begin{tabular}" in tex
+
+
+def test_table4_paper_values(smoke):
+    _, outputs = smoke
+    rows = rows_of((outputs["table4"] / "table4.md").read_text())[1:]
+    paper = {(r[0], r[1]): r[4] for r in rows}
+    assert paper[("AlexNet", "weight decay")] == "failed to converge"
+    assert paper[("MLP 1x512", "weight decay")] == "99.21"
+    assert paper[("Inception", "augmentation")] == "99.28"
+
+
+def fake(model, p, seed, steps, test_acc):
+    spec = RunSpec(model=model, randomize="partial-labels", p=p, seed=seed)
+    ttf = {"steps": steps, "epochs": steps / 10, "seconds": 1.0} if steps else None
+    return RunResult(spec.run_id, "fitted" if steps else "budget", spec,
+                     {"test_acc": test_acc, "train_acc": 1.0 if steps else 0.5, "time_to_fit": ttf})
+
+
+def test_slowdown_is_relative_to_the_same_seed():
+    results = [fake("mlp1x512", 0.0, 0, 100, 0.9), fake("mlp1x512", 0.0, 1, 200, 0.8),
+               fake("mlp1x512", 0.5, 0, 150, 0.5), fake("mlp1x512", 0.5, 1, 300, 0.5),
+               fake("mlp1x512", 1.0, 0, 300, 0.1), fake("mlp1x512", 1.0, 1, None, 0.1)]
+    st = figure1.slowdown(results)["mlp1x512"]
+    assert st["p"] == [0.0, 0.5, 1.0]
+    assert st["relative"][1] == (1.5, 0.0)  # 150/100 and 300/200
+    assert st["relative"][2][0] == 3.0  # the unfitted seed is left out, not counted as fitted
+    assert not st["all_fitted"]
+    assert st["spearman"] > 0.5
+    assert st["test_error"][0][0] == pytest.approx(0.15)
+
+
+def test_converged_labels():
+    r = fake("alexnet", 1.0, 0, None, 0.1)
+    assert converged(r, 10).startswith("did not converge")
+    r.status = "diverged"
+    assert converged(r, 10) == "diverged"
+    assert converged(fake("alexnet", 1.0, 0, 50, 0.1), 10) == "100.00"
+
+
+def test_unknown_recipe_and_scale(tmp_path, capsys):
+    assert main(["reproduce", "figure3", "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert "unknown recipe 'figure3'" in capsys.readouterr().err
+    assert main(["reproduce", "figure1b", "--scale", "huge"]) == 2
+
+
+def test_report_has_every_recipe(smoke, tmp_path):
+    store, _ = smoke
+    outputs = stored_outputs(Store(store))
+    assert sorted(o.recipe for o in outputs) == sorted(RECIPES)
+    path = tmp_path / "report.html"
+    assert main(["report", "--store", store, "--out", str(path)]) == 0
+    page = path.read_text()
+    for name in RECIPES:
+        assert name in page
+    assert page.count("data:image/png;base64,") >= 5 and "http://" not in page
+    if os.path.exists(CHROMIUM):
+        dom = render_in_chromium(page, tmp_path, expect_images=page.count("<img "))
+        assert "table1" in dom and "figure2b" in dom
