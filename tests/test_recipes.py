@@ -93,11 +93,11 @@ def test_table4_paper_values(smoke):
     assert paper[("Inception", "augmentation")] == "99.28"
 
 
-def fake(model, p, seed, steps, test_acc):
+def fake(model, p, seed, steps, test_acc, train_acc=0.5):
     spec = RunSpec(model=model, randomize="partial-labels", p=p, seed=seed)
     ttf = {"steps": steps, "epochs": steps / 10, "seconds": 1.0} if steps else None
     return RunResult(spec.run_id, "fitted" if steps else "budget", spec,
-                     {"test_acc": test_acc, "train_acc": 1.0 if steps else 0.5, "time_to_fit": ttf})
+                     {"test_acc": test_acc, "train_acc": 1.0 if steps else train_acc, "time_to_fit": ttf})
 
 
 def test_slowdown_is_relative_to_the_same_seed():
@@ -114,8 +114,9 @@ def test_slowdown_is_relative_to_the_same_seed():
 
 
 def test_converged_labels():
-    r = fake("alexnet", 1.0, 0, None, 0.1)
-    assert converged(r, 10).startswith("did not converge")
+    assert converged(fake("alexnet", 1.0, 0, None, 0.1, train_acc=0.5), 10) == "50.00"
+    r = fake("alexnet", 1.0, 0, None, 0.1, train_acc=0.12)
+    assert converged(r, 10) == "did not converge (12.0)"
     r.status = "diverged"
     assert converged(r, 10) == "diverged"
     assert converged(fake("alexnet", 1.0, 0, 50, 0.1), 10) == "100.00"

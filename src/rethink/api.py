@@ -7,6 +7,7 @@ an interrupted one resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -144,12 +145,9 @@ def build_model(spec: RunSpec, input_shape, num_classes: int) -> torch.nn.Module
 
 
 def train_config(spec: RunSpec) -> TrainConfig:
-    return TrainConfig(
-        lr=spec.resolved_lr, lr_decay=spec.lr_decay, momentum=spec.momentum, weight_decay=spec.weight_decay,
-        batch_size=spec.batch_size, epochs=spec.epochs, max_steps=spec.max_steps, augment=spec.augment,
-        eval_every=spec.eval_every, fit_threshold=spec.fit_threshold, stop_on_fit=spec.stop_on_fit,
-        stop_loss=spec.stop_loss,
-        seed=spec.seed)
+    """The engine's settings: the spec's fields of the same names, with the learning rate resolved."""
+    shared = {f.name: getattr(spec, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "lr"}
+    return TrainConfig(lr=spec.resolved_lr, **shared)
 
 
 def _warn(msg: str) -> None:

@@ -224,20 +224,20 @@ def _load_cifar10(location: str | None) -> Dataset:
     if found is None:
         raise _not_found("cifar10", looked,
                          f"{formats.CIFAR_DIRNAME}/ or {formats.CIFAR_TARNAME}")
-    hasher = hashlib.sha256()
-    splits = formats.read_cifar10(found, hasher)
-    return _build("cifar10", splits, num_classes=len(splits.class_names),
-                  class_names=splits.class_names, checksum=hasher.hexdigest()[:16],
-                  source=str(found), extra={"format": "cifar-python"})
+    return _read_named_classes("cifar10", formats.read_cifar10, found, "cifar-python")
 
 
 def _load_image_folder(location: str | None) -> Dataset:
     path = _require_location("imagefolder", location)
+    return _read_named_classes("imagefolder", formats.read_image_folder, path, "imagefolder")
+
+
+def _read_named_classes(name: str, reader, path, fmt: str) -> Dataset:
+    """Read with ``reader`` (a format whose files name their classes), hashing what it reads."""
     hasher = hashlib.sha256()
-    splits = formats.read_image_folder(path, hasher)
-    return _build("imagefolder", splits, num_classes=len(splits.class_names),
-                  class_names=splits.class_names, checksum=hasher.hexdigest()[:16],
-                  source=str(path), extra={"format": "imagefolder"})
+    splits = reader(path, hasher)
+    return _build(name, splits, num_classes=len(splits.class_names), class_names=splits.class_names,
+                  checksum=hasher.hexdigest()[:16], source=str(path), extra={"format": fmt})
 
 
 def _load_npz(location: str | None) -> Dataset:

@@ -13,7 +13,8 @@ MODELS = ("inception", "inception-nobn")
 
 
 def specs_2b(proto, options, seeds):
-    return [make_spec(proto, options, m, s, randomize="none", stop_on_fit=False) for m in MODELS for s in range(seeds)]
+    return [make_spec(proto, options, m, s, randomize="none", stop_on_fit=False, epochs=proto.budget_epochs)
+            for m in MODELS for s in range(seeds)]
 
 
 def render_2b(results, proto, options, seeds):

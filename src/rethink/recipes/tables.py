@@ -6,9 +6,6 @@ from __future__ import annotations
 from ..report import Table
 from .common import LABELS, fmt, group, make_spec, mean_std
 
-# Training budgets (epochs) of the table runs, which train to the end of the budget.
-TABLE1_EPOCHS = {"smoke": 10, "cpu": 60, "paper": 100}
-
 # (model, random crop, weight decay, randomize) -> paper's (train %, test %), Table 1.
 TABLE1 = [
     ("inception", True, True, "none", "100.0", "89.05"),
@@ -48,7 +45,7 @@ REGULARIZERS = {"weight decay": {}, "random cropping": {"augment": ("crop",)},
 def specs_table1(proto, options, seeds):
     return [make_spec(proto, options, m, s, randomize=rand, augment=("crop",) if crop else (),
                       weight_decay=proto.weight_decay if wd else 0.0, stop_on_fit=False,
-                      epochs=TABLE1_EPOCHS[proto.scale])
+                      epochs=proto.budget_epochs)
             for m, crop, wd, rand, *_ in TABLE1 for s in range(seeds)]
 
 
@@ -62,7 +59,7 @@ def render_table1(results, proto, options, seeds):
         rows.append([name, f"{rs[0].summary['num_params']:,}", "yes" if crop else "no", "yes" if wd else "no",
                      fmt(*train, 2, 100, seeds), fmt(*test, 2, 100, seeds), paper_train, paper_test])
     caption = (f"Train and test accuracy (%) with and without random cropping and weight decay "
-               f"({proto.weight_decay:g}), trained for the whole budget of {TABLE1_EPOCHS[proto.scale]} epochs. "
+               f"({proto.weight_decay:g}), trained for the whole budget of {proto.budget_epochs} epochs. "
                f"{proto.describe(options.get('dataset'))} Mean over {seeds} seed(s).")
     notes = ["Paper: CIFAR-10, full models, learning rate x0.95 per epoch; its weight-decay value is not given.",
              "Accuracies are measured on the un-augmented training set in evaluation mode."]

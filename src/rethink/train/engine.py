@@ -21,7 +21,7 @@ from ..data.transforms import augment, standardize
 from ..seeding import torch_seed
 
 EVAL_BATCH = 2048
-_RESUMED = ("evals", "step_losses", "time_to_fit", "steps", "train_seconds", "eval_seconds")
+_RESUMED = ("status", "evals", "step_losses", "time_to_fit", "steps", "train_seconds", "eval_seconds")
 
 
 @dataclass
@@ -179,10 +179,10 @@ def train(
     step = res.steps
 
     def do_eval():
-        nonlocal eval_t
+        nonlocal segment_start
         _sync(device)
         t0 = time.perf_counter()
-        res.train_seconds += t0 - eval_t
+        res.train_seconds += t0 - segment_start
         metrics = evaluate(model, data)
         row = {"step": step, "epoch": step / steps_per_epoch, "seconds": res.train_seconds,
                "lr": opt.param_groups[0]["lr"], **metrics}
@@ -192,13 +192,13 @@ def train(
                                "seconds": res.train_seconds, "resolution_steps": eval_every}
         if cfg.stop_loss is not None and metrics["train_loss"] <= cfg.stop_loss:
             res.status = "converged"
-        eval_t = time.perf_counter()
-        res.eval_seconds += eval_t - t0
+        segment_start = time.perf_counter()
+        res.eval_seconds += segment_start - t0
         if on_progress:
             on_progress(step, total_steps, row)
         return row
 
-    eval_t = last_ckpt = time.perf_counter()
+    segment_start = last_ckpt = time.perf_counter()  # training time accrues from here to the next pause
     if step == 0:
         do_eval()
     try:
@@ -247,13 +247,13 @@ def train(
             if checkpoint_path and (last_epoch or time.perf_counter() - last_ckpt >= checkpoint_interval):
                 _sync(device)
                 t0 = time.perf_counter()
-                res.train_seconds += t0 - eval_t
+                res.train_seconds += t0 - segment_start
                 save_checkpoint(checkpoint_path, {
                     **(checkpoint_extra or {}), "epoch": epoch + 1, "model": model.state_dict(),
                     "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                     "result": {k: getattr(res, k) for k in _RESUMED}})
-                eval_t = last_ckpt = time.perf_counter()
+                segment_start = last_ckpt = time.perf_counter()
     except KeyboardInterrupt:
         res.status = "interrupted"
         return _finish(res, steps_per_epoch)
