@@ -125,7 +125,10 @@ def test_converged_labels():
 def test_unknown_recipe_and_scale(tmp_path, capsys):
     assert main(["reproduce", "figure3", "--store", str(tmp_path / "s.sqlite")]) == 2
     assert "unknown recipe 'figure3'" in capsys.readouterr().err
-    assert main(["reproduce", "figure1b", "--scale", "huge"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "figure1b", "--scale", "huge"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
 
 
 def test_report_has_every_recipe(smoke, tmp_path):
