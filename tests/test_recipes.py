@@ -140,7 +140,7 @@ def test_report_has_every_recipe(smoke, tmp_path):
     page = path.read_text()
     for name in RECIPES:
         assert name in page
-    assert page.count("data:image/png;base64,") >= 5 and "http://" not in page
+    assert page.count("data:image/png;base64,") == 4 and "http://" not in page  # figures 1a, 1b, 1c, 2b
     if os.path.exists(CHROMIUM):
         dom = render_in_chromium(page, tmp_path, expect_images=page.count("<img "))
         assert "table1" in dom and "figure2b" in dom
