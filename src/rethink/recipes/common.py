@@ -37,7 +37,8 @@ class Protocol:
 
     def describe(self, data: str | None = None) -> str:
         size = (f"{self.train_size or 'all'} train / {self.test_size or 'all'} test images"
-                + "".join(f" ({LABELS.get(m, m)}: {n} train)" for m, n in self.train_sizes.items()))
+                + (" (" + ", ".join(f"{LABELS.get(m, m)}: {n}" for m, n in self.train_sizes.items()) + " train)"
+                   if self.train_sizes else ""))
         widths = ", ".join(f"{LABELS.get(m, m)} at width {w:g}" for m, w in self.widths.items() if w != 1)
         decay = "constant learning rate (decay 1)" if self.lr_decay == 1 else f"learning rate x{self.lr_decay:g} per epoch"
         evals = f"every {self.eval_every} steps" if self.eval_every else "every epoch"
