@@ -7,7 +7,7 @@ import pytest
 
 from rethink.api import RunResult
 from rethink.cli import main
-from rethink.recipes import RECIPES, figure1, reproduce, stored_outputs
+from rethink.recipes import RECIPES, figure1, stored_outputs
 from rethink.recipes.common import protocol
 from rethink.recipes.tables import converged
 from rethink.spec import RunSpec

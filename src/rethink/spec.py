@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from .data.randomize import KINDS
 from .data.transforms import AUGMENTATIONS
