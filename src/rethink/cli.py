@@ -154,13 +154,12 @@ def cmd_sweep(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from .recipes import reproduce
+    from .report import to_markdown
 
-    output, paths = reproduce(args.name, args.scale, dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds,
+    output, _ = reproduce(args.name, args.scale, dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds,
                               out=args.out, store=args.store, executor=args.executor, workers=args.workers,
                               progress=not args.quiet)
     for table in output.tables:
-        from .report import to_markdown
-
         print(to_markdown(table) + "\n")
     return 0
 

@@ -26,7 +26,6 @@ def demo_specs() -> list[tuple[str, RunSpec]]:
     return specs
 
 
-
 def demo(out: str = "demo-out", store: str | None = None) -> list:
     from tqdm import tqdm
 
