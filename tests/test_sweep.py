@@ -128,5 +128,6 @@ def test_sweep_cli_json(grid_file, tmp_path, capsys):
     assert len(out) == 6 and {o["spec"]["p"] for o in out} == {0.0, 0.5, 1.0}
     assert main(["sweep", str(tmp_path / "missing.toml"), "--store", store]) == 2
     assert main(["sweep", grid_file, "--store", store, "--executor", "slurm"]) == 2
+    assert main(["sweep", grid_file, "--store", store, "--executor", "process", "--workers", "0"]) == 2
     err = capsys.readouterr().err
-    assert "does not exist" in err and "unknown executor 'slurm'" in err
+    assert "does not exist" in err and "unknown executor 'slurm'" in err and "--workers 0" in err

@@ -140,7 +140,7 @@ def cmd_sweep(args) -> int:
     print(f"sweep: {len(specs)} runs from {args.grid}", file=sys.stderr)
     results = run_sweep(specs, args.store, executor=args.executor, workers=args.workers, force=args.force,
                         checkpoint_dir=args.checkpoint_dir, checkpoint_interval=args.checkpoint_interval,
-                        progress=not args.quiet, address=args.address)
+                        progress=not args.quiet)
     rows = [[r.run_id, r.status, r.spec.model, r.spec.randomize + (f" p={r.spec.p:g}" if r.spec.randomize == "partial-labels" else ""),
              r.spec.seed, _pct(r.train_acc), _pct(r.test_acc), fmt_fit(r.time_to_fit), "stored" if r.cached else "ran"]
             for r in results]
@@ -245,9 +245,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a grid of specs (skips finished runs, resumes interrupted ones)")
     p.add_argument("grid", metavar="GRID.toml", help="grid file (see examples/grid.toml)")
-    p.add_argument("--executor", default="local", help="local (one process), process (worker processes) or ray")
+    p.add_argument("--executor", default="local", help="local (one process) or process (worker processes)")
     p.add_argument("--workers", type=int, default=2, help="worker processes for --executor process (default 2)")
-    p.add_argument("--address", help="Ray cluster address for --executor ray (default: a local Ray instance)")
     _add_store_flags(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -262,7 +261,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="seeds per setting (means with spread when > 1)")
     p.add_argument("--out", help="output folder (default results/NAME)")
     p.add_argument("--store", default=DEFAULT_STORE)
-    p.add_argument("--executor", default="local", help="local, process or ray")
+    p.add_argument("--executor", default="local", help="local or process")
     p.add_argument("--workers", type=int, default=2, help="worker processes for --executor process")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_reproduce)

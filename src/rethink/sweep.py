@@ -2,7 +2,7 @@
 
 Workers only train (``api.execute``) and hand their results back; the driver alone reads and
 writes the store. A re-run sweep skips finished runs and resumes interrupted ones from their
-checkpoints. A Ray executor plugs in at the same seam (an object with ``submit`` and results).
+checkpoints. A cluster executor plugs in at the same seam (see :func:`make_executor`).
 
 Grid files (TOML)::
 
@@ -34,7 +34,7 @@ from .errors import UserError
 from .spec import FIELD_NAMES, RunSpec, from_dict, load_toml
 from .store import Store
 
-EXECUTORS = ("local", "process", "ray")
+EXECUTORS = ("local", "process")
 LIST_FIELDS = ("augment", "hidden")
 
 
@@ -125,7 +125,7 @@ class ProcessExecutor:
     """Runs jobs in ``workers`` spawned processes, each with its share of the CPU threads."""
 
     def __init__(self, workers: int = 2):
-        self.workers = max(1, workers)
+        self.workers = workers
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         self.pool = multiprocessing.get_context("spawn").Pool(self.workers, _init_worker, (threads,))
 
@@ -140,15 +140,13 @@ class ProcessExecutor:
         self.pool.join()
 
 
-def make_executor(name: str, workers: int, address: str | None = None):
+def make_executor(name: str, workers: int):
+    """An executor: an object whose ``run(jobs, on_start)`` yields results and ``close(interrupted)``
+    ends it. A cluster executor (e.g. Ray) plugs in here."""
     if name == "local":
         return LocalExecutor()
     if name == "process":
         return ProcessExecutor(workers)
-    if name == "ray":
-        from .cluster import RayExecutor  # an optional extra
-
-        return RayExecutor(workers, address)
     raise UserError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
 
 
@@ -170,7 +168,6 @@ def run_sweep(
     checkpoint_dir: str | None = None,
     checkpoint_interval: float = 60.0,
     progress: bool = True,
-    address: str | None = None,
 ) -> list[api.RunResult]:
     """Run every spec not already finished in ``store``; returns results in the order of ``specs``.
 
@@ -182,6 +179,8 @@ def run_sweep(
 
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if workers < 1:
+        raise UserError(f"--workers {workers} must be at least 1")
     db = store if isinstance(store, Store) else Store(store)
     results: dict[str, api.RunResult] = {}
     todo = []
@@ -195,12 +194,13 @@ def run_sweep(
         api.start(db, job.spec, status="queued")
     bar = tqdm(total=len(specs), initial=len(results), file=sys.stderr, unit="run", desc="sweep",
                disable=not progress)
-    pool = make_executor(executor, workers, address) if todo else None
+    pool = make_executor(executor, workers) if todo else None
     interrupted = False
-    try:
-        def show(job):
-            bar.set_postfix_str(f"running {describe(job.spec)}")
 
+    def show(job):
+        bar.set_postfix_str(f"running {describe(job.spec)}")
+
+    try:
         for result in pool.run(todo, on_start=show) if pool else ():
             api.record(db, result)
             results[result.run_id] = result
