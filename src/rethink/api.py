@@ -178,7 +178,7 @@ def lookup(db: Store | None, spec: RunSpec) -> RunResult | None:
     return load_result(db, spec.run_id)
 
 
-def checkpoint_path(db: Store, spec: RunSpec, checkpoint_dir: str | None) -> str:
+def checkpoint_file(db: Store, spec: RunSpec, checkpoint_dir: str | None) -> str:
     """Where ``spec``'s checkpoint lives: ``checkpoint_dir`` or ``checkpoints/`` beside the store."""
     folder = checkpoint_dir or os.path.join(os.path.dirname(os.path.abspath(db.path)), "checkpoints")
     try:
@@ -268,7 +268,7 @@ def run(
     db = store if isinstance(store, Store) or store is None else Store(store)
     if not force and (stored := lookup(db, spec)) is not None:
         return stored
-    ckpt = checkpoint_path(db, spec, checkpoint_dir) if db is not None and checkpoint_interval is not None else None
+    ckpt = checkpoint_file(db, spec, checkpoint_dir) if db is not None and checkpoint_interval is not None else None
     if db is not None:
         start(db, spec)
     result = execute(spec, ckpt, checkpoint_interval=checkpoint_interval or 0.0, resume=not force,

@@ -21,6 +21,8 @@ FALLBACK_LR = 0.01
 # Fields that never change a run's numbers, left out of its hash. The data checksum is stored
 # beside each run, so a different directory holding the same files is the same run.
 NOT_HASHED = ("data_dir",)
+# Fields whose value is itself a list (in flags: a comma list).
+LIST_FIELDS = ("augment", "hidden")
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def _coerce(name: str, value):
     if value is None:
         return None
     try:
-        if name in ("augment",):
+        if name == "augment":
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v.strip()] if value not in ("", "none") else []
             return tuple(str(v).strip() for v in value)

@@ -140,6 +140,7 @@ class Store:
     def export_csv(self, path: str, what: str = "evals", run_ids: list[str] | None = None) -> int:
         """Write evaluations (or per-step losses, or the runs table) as CSV; returns the row count."""
         ids = run_ids or [r["run_id"] for r in self.runs()]
+        wanted = set(ids)
         try:
             f = open(path, "w", newline="") if path != "-" else None
         except OSError as e:
@@ -150,7 +151,7 @@ class Store:
         if what == "runs":
             w.writerow(["run_id", "status", "created", "num_params", "data_checksum", "spec", "summary"])
             for r in self.runs():
-                if r["run_id"] in ids:
+                if r["run_id"] in wanted:
                     w.writerow([r["run_id"], r["status"], r["created"], r["num_params"], r["data_checksum"],
                                 json.dumps(r["spec"]), json.dumps(r["summary"])])
                     count += 1

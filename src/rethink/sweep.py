@@ -31,11 +31,10 @@ from dataclasses import dataclass
 
 from . import api
 from .errors import UserError
-from .spec import FIELD_NAMES, RunSpec, from_dict, load_toml
+from .spec import FIELD_NAMES, LIST_FIELDS, RunSpec, from_dict, load_toml
 from .store import Store
 
 EXECUTORS = ("local", "process")
-LIST_FIELDS = ("augment", "hidden")
 
 
 def expand(base: dict, grids: list[dict] | None = None, seeds=(0,)) -> list[RunSpec]:
@@ -189,7 +188,7 @@ def run_sweep(
         if stored is not None:
             results[spec.run_id] = stored
         else:
-            todo.append(Job(spec, api.checkpoint_path(db, spec, checkpoint_dir), checkpoint_interval, not force))
+            todo.append(Job(spec, api.checkpoint_file(db, spec, checkpoint_dir), checkpoint_interval, not force))
     for job in todo:
         api.start(db, job.spec, status="queued")
     bar = tqdm(total=len(specs), initial=len(results), file=sys.stderr, unit="run", desc="sweep",

@@ -101,13 +101,10 @@ def reproduce(
 
 
 def stored_outputs(db: Store) -> list[Output]:
-    """Every recipe output the store can make: the latest recording of each recipe and scale whose
-    runs are all in the store."""
-    latest = {}
-    for rec in db.recipes():
-        latest[(rec["name"], rec["scale"], str(sorted(rec["options"].items())))] = rec
+    """Every recipe output the store can make: each recorded recipe (one per name, scale and
+    options) whose runs are all finished in the store."""
     outputs = []
-    for rec in latest.values():
+    for rec in db.recipes():
         if rec["name"] not in RECIPES:
             continue
         results = [api.load_result(db, rid) for rid in rec["run_ids"]]
