@@ -95,32 +95,6 @@ def test_runs_and_export(tmp_path, capsys):
     assert len(csv_path.read_text().splitlines()) == 1 + 2 * 6
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "digitz"], "did you mean digits"),
-    (["--model", "mlp1x521"], "mlp1x512"),
-    (["--randomize", "random-label"], "random-labels"),
-    (["--randomize", "partial-labels", "--p", "1.5"], "outside [0, 1]"),
-    (["--p", "0.3"], "only applies to --randomize partial-labels"),
-    (["--lr", "-0.1"], "must be positive"),
-    (["--lr", "nan"], "finite"),
-    (["--batch-size", "0"], "positive whole number"),
-    (["--epochs", "two"], "not a valid value"),
-    (["--train-size", "5000"], "larger than"),
-    (["--augment", "rotate"], "crop, flip, color"),
-    (["--model", "no_such_module_xyz:make"], "could not import module"),
-    (["--dataset", "npz:/nonexistent/x.npz"], "/nonexistent/x.npz"),
-    (["--spec", "/nonexistent/spec.toml"], "does not exist"),
-    (["--crop", "99"], "larger than"),
-])
-def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, message):
-    store = tmp_path / "s.sqlite"
-    code = main(["run", "--dataset", "digits", "--epochs", "1", "--quiet", "--store", str(store), *args])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1 and message in err, err
-    assert "Traceback" not in err
-
-
 def test_store_errors(tmp_path, capsys):
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not a database" * 100)

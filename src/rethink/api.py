@@ -86,6 +86,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_deterministic(device: torch.device) -> None:
+    """With ``RETHINK_DETERMINISTIC=1``, make CUDA runs repeat bitwise (CPU runs always do): only
+    deterministic kernels, no cuDNN autotuning, and the fixed cuBLAS workspace that requires."""
+    if os.environ.get("RETHINK_DETERMINISTIC", "0") in ("", "0") or device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
+
+
 def resolve_crop(crop, side: int) -> int | None:
     """``auto``: the paper's 32 -> 28 centre crop for 32x32 images, none otherwise."""
     if crop == "auto":
@@ -196,14 +207,17 @@ def execute(
     checkpoint_interval: float = 60.0,
     resume: bool = True,
     on_progress=None,
+    on_start=None,
 ) -> RunResult:
     """Train one spec, with no store: load and randomize the data, build the model, train.
 
     With ``checkpoint_path``, a matching checkpoint there (same run id and data) is resumed unless
-    ``resume`` is False, and new checkpoints are written there. An interrupted run (Ctrl-C) comes
-    back with status "interrupted". Safe to call in a worker process.
+    ``resume`` is False, and new checkpoints are written there. ``on_start()`` is called once the
+    data and model are ready, just before training (bad input has been reported by then). An
+    interrupted run (Ctrl-C) comes back with status "interrupted". Safe to call in a worker process.
     """
     device = resolve_device(spec.device)
+    set_deterministic(device)
     torch.set_flush_denormal(True)
     prepared = prepare(spec, device)
     checksum = prepared.dataset.checksum
@@ -215,6 +229,8 @@ def execute(
             state = None
         else:
             _warn(f"resuming run {spec.run_id} from its checkpoint after epoch {state['epoch']}")
+    if on_start:
+        on_start()
     result = train(model, prepared.data, train_config(spec), checkpoint_path=checkpoint_path, resume=state,
                    on_progress=on_progress, checkpoint_extra={"run_id": spec.run_id, "data_checksum": checksum},
                    checkpoint_interval=checkpoint_interval)
@@ -269,10 +285,8 @@ def run(
     if not force and (stored := lookup(db, spec)) is not None:
         return stored
     ckpt = checkpoint_file(db, spec, checkpoint_dir) if db is not None and checkpoint_interval is not None else None
-    if db is not None:
-        start(db, spec)
     result = execute(spec, ckpt, checkpoint_interval=checkpoint_interval or 0.0, resume=not force,
-                     on_progress=on_progress)
+                     on_progress=on_progress, on_start=(lambda: start(db, spec)) if db is not None else None)
     if db is not None:
         record(db, result)
     if result.status == "interrupted":
