@@ -61,7 +61,7 @@ def test_forward_shape(name, shape, classes):
 
 
 def test_registry_covers_builtins():
-    assert model_names() == BUILTIN
+    assert model_names() == BUILTIN + ["inception-v3"]  # the optional extra: tests/test_imagenet.py
 
 
 def test_spatial_sizes_halve_with_ceil():

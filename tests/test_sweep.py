@@ -50,7 +50,7 @@ def grid_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(grid_file, tmp_path_factory):
     store = str(tmp_path_factory.mktemp("ref") / "ref.sqlite")
-    results = run_sweep(load_grid(grid_file), store, progress=False)
+    results = run_sweep(load_grid(grid_file), store, progress=False, batch=False)  # batched sweeps: test_batched.py
     return store, results
 
 
@@ -81,10 +81,10 @@ def test_process_executor_matches_local(reference, grid_file, tmp_path):
     ref_store, ref_results = reference
     assert len(ref_results) == 6 and all(r.status == "fitted" or r.status == "budget" for r in ref_results)
     store = str(tmp_path / "p.sqlite")
-    results = run_sweep(load_grid(grid_file), store, executor="process", workers=2, progress=False)
+    results = run_sweep(load_grid(grid_file), store, executor="process", workers=2, progress=False, batch=False)
     assert [r.run_id for r in results] == [r.run_id for r in ref_results]
     assert stored(store) == stored(ref_store)
-    again = run_sweep(load_grid(grid_file), store, executor="process", workers=2, progress=False)
+    again = run_sweep(load_grid(grid_file), store, executor="process", workers=2, progress=False, batch=False)
     assert all(r.cached for r in again), "a finished sweep is not run again"
 
 
@@ -92,7 +92,7 @@ def test_killed_sweep_resumes_to_the_same_results(reference, grid_file, tmp_path
     ref_store, _ = reference
     store = str(tmp_path / "k.sqlite")
     exe = os.path.join(os.path.dirname(sys.executable), "rethink")
-    cmd = [exe, "sweep", grid_file, "--store", store, "--checkpoint-interval", "0", "--quiet"]
+    cmd = [exe, "sweep", grid_file, "--store", store, "--checkpoint-interval", "0", "--quiet", "--no-batch"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     finished = 0

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .data import load_dataset, subset
 from .data.randomize import randomize
 from .data.transforms import preprocess
 from .errors import UserError
 from .models import build, num_params
 from .seeding import generator, torch_seed
-from .spec import RunSpec, from_dict
+from .spec import FIELD_NAMES, RunSpec, from_dict
 from .store import Store
 from .train.engine import TrainConfig, TrainData, train
 
@@ -67,6 +67,15 @@ def _load(name: str, data_dir: str | None):
     return load_dataset(name, data_dir)
 
 
+def _source(spec: RunSpec):
+    """The spec's dataset: loaded into memory, or with ``stream`` an index of its image files."""
+    if spec.stream:
+        from .data.streaming import index_folder
+
+        return index_folder(spec.dataset, spec.data_dir)
+    return _load(spec.dataset, spec.data_dir)
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the checkout this package runs from, if it is one."""
@@ -88,8 +97,12 @@ def resolve_device(name: str) -> torch.device:
 
 def set_deterministic(device: torch.device) -> None:
     """With ``RETHINK_DETERMINISTIC=1``, make CUDA runs repeat bitwise (CPU runs always do): only
-    deterministic kernels, no cuDNN autotuning, and the fixed cuBLAS workspace that requires."""
-    if os.environ.get("RETHINK_DETERMINISTIC", "0") in ("", "0") or device.type != "cuda":
+    deterministic kernels, no cuDNN autotuning, and the fixed cuBLAS workspace that requires.
+    Without it, CUDA runs let cuDNN autotune (pick the fastest convolution kernels)."""
+    if device.type != "cuda":
+        return
+    if os.environ.get("RETHINK_DETERMINISTIC", "0") in ("", "0"):
+        torch.backends.cudnn.benchmark = True
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
@@ -120,11 +133,18 @@ class Prepared:
 
 def prepare(spec: RunSpec, device: torch.device) -> Prepared:
     """Load, subset, randomize (once, from the run's seed) and preprocess the data onto ``device``."""
-    ds = _load(spec.dataset, spec.data_dir)
+    ds = _source(spec)
     ds = subset(ds, spec.train_size, spec.test_size, generator(spec.seed, "subset"))
     r = randomize(spec.randomize, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes,
                   generator(spec.seed, "randomize"), p=spec.p, test_labels=spec.test_labels,
                   test_inputs=spec.test_inputs)
+    if spec.stream:  # images are decoded as they are read; only file lists and labels are held
+        from .data.streaming import streaming_data
+
+        data = streaming_data(ds, r, device, image_size=spec.image_size, standardize_images=spec.preprocess == "standard",
+                              workers=spec.loader_workers, eval_batch_size=spec.batch_size)
+        return Prepared(data, ds, (3, spec.image_size, spec.image_size), ds.num_classes,
+                        float(r.replaced.mean()), float(r.changed.mean()))
     crop = resolve_crop(spec.crop, ds.x_train.shape[-1])
     std = spec.preprocess == "standard"
 
@@ -156,7 +176,8 @@ def build_model(spec: RunSpec, input_shape, num_classes: int) -> torch.nn.Module
 
 def train_config(spec: RunSpec) -> TrainConfig:
     """The engine's settings: the spec's fields of the same names, with the learning rate resolved."""
-    shared = {f.name: getattr(spec, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "lr"}
+    shared = {f.name: getattr(spec, f.name) for f in dataclasses.fields(TrainConfig)
+              if f.name in FIELD_NAMES and f.name != "lr"}
     return TrainConfig(lr=spec.resolved_lr, **shared)
 
 
@@ -179,7 +200,7 @@ def lookup(db: Store | None, spec: RunSpec) -> RunResult | None:
     previous = db.get_run(spec.run_id) if db is not None else None
     if not previous or previous["status"] not in FINISHED:
         return None
-    checksum = _load(spec.dataset, spec.data_dir).checksum
+    checksum = _source(spec).checksum
     changed = [f"{what} {old} -> {new}" for what, old, new in (
         ("package version", previous["package_version"], __version__),
         ("git commit", previous["git_commit"], git_commit()),
@@ -208,6 +229,7 @@ def execute(
     resume: bool = True,
     on_progress=None,
     on_start=None,
+    compile: bool = False,
 ) -> RunResult:
     """Train one spec, with no store: load and randomize the data, build the model, train.
 
@@ -215,25 +237,41 @@ def execute(
     ``resume`` is False, and new checkpoints are written there. ``on_start()`` is called once the
     data and model are ready, just before training (bad input has been reported by then). An
     interrupted run (Ctrl-C) comes back with status "interrupted". Safe to call in a worker process.
+    ``compile`` trains through ``torch.compile`` (same arithmetic up to float rounding).
     """
-    device = resolve_device(spec.device)
+    device = distributed.setup(resolve_device(spec.device))  # under torchrun: join the ranks
     set_deterministic(device)
     torch.set_flush_denormal(True)
     prepared = prepare(spec, device)
+    distributed.check_batches(len(prepared.data.y_train), spec.batch_size)
     checksum = prepared.dataset.checksum
     model = build_model(spec, prepared.input_shape, prepared.num_classes).to(device)
-    state = None
-    if checkpoint_path and resume and os.path.exists(checkpoint_path):
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state.get("run_id") != spec.run_id or state.get("data_checksum") != checksum:
-            state = None
-        else:
-            _warn(f"resuming run {spec.run_id} from its checkpoint after epoch {state['epoch']}")
+    state = load_checkpoint(checkpoint_path, spec, checksum, device) if resume else None
     if on_start:
         on_start()
-    result = train(model, prepared.data, train_config(spec), checkpoint_path=checkpoint_path, resume=state,
+    cfg = dataclasses.replace(train_config(spec), compile=compile)
+    result = train(model, prepared.data, cfg, checkpoint_path=checkpoint_path, resume=state,
                    on_progress=on_progress, checkpoint_extra={"run_id": spec.run_id, "data_checksum": checksum},
                    checkpoint_interval=checkpoint_interval)
+    return summarize(spec, prepared, model, cfg, result, device)
+
+
+def load_checkpoint(path: str | None, spec: RunSpec, checksum: str, device: torch.device) -> dict | None:
+    """The checkpoint at ``path`` if there is one of this run (same run id and data), else None."""
+    if not path or not os.path.exists(path):
+        return None
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state.get("run_id") != spec.run_id or state.get("data_checksum") != checksum:
+        return None
+    _warn(f"resuming run {spec.run_id} from its checkpoint after epoch {state['epoch']}")
+    return state
+
+
+def summarize(spec: RunSpec, prepared: Prepared, model: torch.nn.Module, cfg: TrainConfig, result,
+              device: torch.device, models_in_batch: int = 1) -> RunResult:
+    """A trained run's :class:`RunResult`: the engine's result and a summary of the run.
+    ``models_in_batch``: how many models trained together in one batch (1: alone)."""
+    checksum = prepared.dataset.checksum
     last = result.evals[-1] if result.evals else {}
     summary = {
         **{k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc",
@@ -245,7 +283,9 @@ def execute(
         "n_test": len(prepared.data.y_test), "num_classes": prepared.num_classes,
         "input_shape": list(prepared.input_shape), "replaced_fraction": prepared.replaced_fraction,
         "changed_fraction": prepared.changed_fraction, "lr": spec.resolved_lr, "device": str(device),
-        "data_checksum": checksum,
+        "data_checksum": checksum, "models_in_batch": models_in_batch, "compiled": cfg.compile,
+        "precision": "bf16 autocast" if cfg.bf16 and device.type == "cuda" else "float32",
+        **({"test_top5": last["test_top5"]} if "test_top5" in last else {}),
     }
     return RunResult(spec.run_id, result.status, spec, summary, result.evals, result.step_losses)
 
@@ -270,6 +310,7 @@ def run(
     checkpoint_dir: str | None = None,
     checkpoint_interval: float | None = 60.0,
     on_progress=None,
+    compile: bool = False,
 ) -> RunResult:
     """Run one spec (a :class:`RunSpec` or a dict of its fields) and record it in ``store``.
 
@@ -277,18 +318,20 @@ def run(
     again). ``store=None`` runs without recording or checkpoints. Checkpoints go to
     ``checkpoint_dir`` (default: ``checkpoints/`` beside the store) at the end of an epoch once
     ``checkpoint_interval`` seconds have passed since the last (0: every epoch; None: never); an
-    interrupted run resumes from its checkpoint. Returns a :class:`RunResult`; raises
-    KeyboardInterrupt after recording an interrupted run.
+    interrupted run resumes from its checkpoint. ``compile`` trains through ``torch.compile``.
+    Returns a :class:`RunResult`; raises KeyboardInterrupt after recording an interrupted run.
     """
     spec = spec if isinstance(spec, RunSpec) else from_dict(spec)
     db = store if isinstance(store, Store) or store is None else Store(store)
     if not force and (stored := lookup(db, spec)) is not None:
         return stored
     ckpt = checkpoint_file(db, spec, checkpoint_dir) if db is not None and checkpoint_interval is not None else None
+    writer = db if distributed.rank() == 0 else None  # under torchrun, rank 0 alone writes the store
     result = execute(spec, ckpt, checkpoint_interval=checkpoint_interval or 0.0, resume=not force,
-                     on_progress=on_progress, on_start=(lambda: start(db, spec)) if db is not None else None)
-    if db is not None:
-        record(db, result)
+                     on_progress=on_progress, on_start=(lambda: start(writer, spec)) if writer is not None else None,
+                     compile=compile)
+    if writer is not None:
+        record(writer, result)
     if result.status == "interrupted":
         raise KeyboardInterrupt(result)
     return result

@@ -42,6 +42,8 @@ HELP = {
     "stop_loss": "end the run when the full training loss falls to this value (status converged)",
     "seed": "one seed for data randomization, subset, initialization, batch order and augmentation",
     "device": "auto, cpu or cuda",
+    "image_size": "with --stream: side of the network's input; images are cropped and resized to it (Inception V3: 299)",
+    "loader_workers": "with --stream: DataLoader processes decoding images (0: in the training process)",
 }
 
 
@@ -54,6 +56,11 @@ class _Parser(argparse.ArgumentParser):
 def _add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", metavar="FILE.toml", help="a spec file (keys: the flags' names with underscores); flags override it")
     for f in fields(RunSpec):
+        if f.name == "stream":
+            p.add_argument("--stream", action="store_const", const=True, default=argparse.SUPPRESS,
+                           help="image folders too large for memory (ImageNet): decode images as they are read, "
+                                "with the Inception V3 input pipeline at --image-size")
+            continue
         if f.name == "stop_on_fit":
             p.add_argument("--no-stop-on-fit", dest="stop_on_fit", action="store_const", const=False,
                            default=argparse.SUPPRESS, help="train to the budget even after fitting (time to fit is still recorded)")
@@ -102,8 +109,11 @@ def cmd_run(args) -> int:
     from tqdm import tqdm
 
     from .api import run
+    from .distributed import rank
 
     spec = spec_from_args(args)
+    if rank() != 0:  # under torchrun, rank 0 alone reports
+        args.quiet, args.json = True, False
     bar = None
 
     def progress(step, total, row):
@@ -117,7 +127,7 @@ def cmd_run(args) -> int:
 
     try:
         result = run(spec, args.store, force=args.force, checkpoint_dir=args.checkpoint_dir,
-                     checkpoint_interval=args.checkpoint_interval, on_progress=progress)
+                     checkpoint_interval=args.checkpoint_interval, on_progress=progress, compile=args.compile)
     finally:
         if bar is not None:
             bar.close()
@@ -138,9 +148,14 @@ def cmd_sweep(args) -> int:
 
     specs = load_grid(args.grid)
     print(f"sweep: {len(specs)} runs from {args.grid}", file=sys.stderr)
+    ray_flags = {"address": args.address, "cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run,
+                 "max_retries": args.max_retries}
+    if args.executor != "ray" and args.address:
+        raise UserError("--address names a Ray cluster; add --executor ray")
     results = run_sweep(specs, args.store, executor=args.executor, workers=args.workers, force=args.force,
+                        executor_options=ray_flags if args.executor == "ray" else None,
                         checkpoint_dir=args.checkpoint_dir, checkpoint_interval=args.checkpoint_interval,
-                        progress=not args.quiet)
+                        progress=not args.quiet, batch=args.batch)
     rows = [[r.run_id, r.status, r.spec.model, r.spec.randomize + (f" p={r.spec.p:g}" if r.spec.randomize == "partial-labels" else ""),
              r.spec.seed, _pct(r.train_acc), _pct(r.test_acc), fmt_fit(r.time_to_fit), "stored" if r.cached else "ran"]
             for r in results]
@@ -153,13 +168,14 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
+    from .distributed import rank
     from .recipes import reproduce
     from .report import to_markdown
 
     output, _ = reproduce(args.name, args.scale, dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds,
                               out=args.out, store=args.store, executor=args.executor, workers=args.workers,
-                              progress=not args.quiet)
-    for table in output.tables:
+                              progress=not args.quiet and rank() == 0)
+    for table in output.tables if rank() == 0 else ():  # under torchrun, rank 0 alone reports
         print(to_markdown(table) + "\n")
     return 0
 
@@ -190,7 +206,10 @@ def cmd_models(args) -> int:
     rows = []
     for name, desc in describe():
         torch.manual_seed(0)
-        rows.append([name, f"{num_params(build(name, shape, args.num_classes)):,}", desc])
+        try:
+            rows.append([name, f"{num_params(build(name, shape, args.num_classes)):,}", desc])
+        except UserError as e:  # e.g. a model that needs larger inputs or an optional extra
+            rows.append([name, "-", f"{desc} ({e})"])
     print(_table(rows, ["model", f"params @ {args.input_shape}, {args.num_classes} classes", "description"]))
     return 0
 
@@ -231,6 +250,124 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def cmd_construct(args) -> int:
+    from .theory.commands import construct_report, format_report
+
+    report = construct_report(spec_from_args(args), args.outputs, args.depth)
+    print(format_report(report), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def cmd_rademacher(args) -> int:
+    from .theory.rademacher import rademacher
+
+    def show(i, value, status):
+        if not args.quiet:
+            print(f"draw {i + 1}/{args.draws}: 1 - 2 * training error = {value:.4f} ({status})", file=sys.stderr)
+
+    r = rademacher(spec_from_args(args), args.draws, on_draw=show)
+    print(f"empirical Rademacher complexity >= {r.mean:.4f} ± {r.std:.4f} (mean ± std of 1 - 2 * training error "
+          f"over {len(r.values)} draws of random ±1 labels; n = {r.n:,}, {r.num_params:,} parameters)",
+          file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(r.to_json()))
+    return 0
+
+
+def _stage_bars(quiet: bool):
+    """A progress callback (stage, done, total) showing one tqdm bar for the current stage, and a closer."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(stage, done, total):
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None or bar.desc != stage:
+            close()
+            bar = tqdm(total=total, desc=stage, file=sys.stderr, mininterval=1.0)
+        bar.update(done - bar.n)
+        if done >= total:
+            close()
+
+    def close():
+        if bar is not None:
+            bar.close()
+
+    return progress, close
+
+
+def _log(quiet: bool):
+    return (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+
+
+def cmd_kernel(args) -> int:
+    from dataclasses import fields as dc_fields
+
+    from .kernels import KernelConfig, norm_vs_noise, run_kernel
+    from .report import close, save, to_markdown
+
+    cfg = KernelConfig(**{f.name: getattr(args, f.name) for f in dc_fields(KernelConfig)})
+    out = sys.stderr if args.json else sys.stdout
+    progress, close_bars = _stage_bars(args.quiet)
+    try:
+        if args.p_sweep is not None:
+            output, summary = norm_vs_noise(cfg, args.p_sweep, _log(args.quiet), progress)
+        else:
+            r = run_kernel(cfg, _log(args.quiet), progress)
+    finally:
+        close_bars()
+    if args.p_sweep is not None:
+        paths = save(output, args.out)
+        close(output)
+        print(to_markdown(output.tables[0]), file=out)
+        print(f"wrote {len(paths)} files to {args.out}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(summary))
+        return 0
+    print(_table([[cfg.dataset, f"{r.n:,}", cfg.features, r.kernel, _pct(r.train_error), _pct(r.test_error),
+                   f"{r.rkhs_norm:.1f}", f"{r.residual:.1e}", f"{r.seconds:.0f} s", f"{r.peak_memory_gb:.1f} GB"]],
+                 ["dataset", "n", "features", "kernel", "train error", "test error", "RKHS norm", "residual", "time",
+                  "peak memory"]), file=out)
+    if args.json:
+        print(json.dumps(r.to_json()))
+    return 0
+
+
+def cmd_linear_sgd(args) -> int:
+    from dataclasses import fields as dc_fields
+
+    from .kernels.linear_sgd import LinearSGDConfig, linear_sgd, report
+    from .report import close, save, to_markdown
+
+    cfg = LinearSGDConfig(**{f.name: getattr(args, f.name) for f in dc_fields(LinearSGDConfig)})
+    result = linear_sgd(cfg)
+    output = report(cfg, result)
+    paths = save(output, args.out)
+    close(output)
+    print(to_markdown(output.tables[0]), file=sys.stderr if args.json else sys.stdout)
+    print(f"wrote {len(paths)} files to {args.out}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"n": result.n, "d": result.d, "lr": result.lr, "min_norm": result.min_norm,
+                          "outside": result.outside, "final": {name: {k: float(v[-1]) for k, v in run.items()}
+                                                               for name, run in result.runs.items()}}))
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of numbers, e.g. 0,0.2,0.4") from None
+
+
+def _crop(text: str):
+    return int(text) if text.isdigit() else text
+
+
 def make_parser() -> argparse.ArgumentParser:
     from .api import DEFAULT_STORE
 
@@ -241,12 +378,26 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train one model under one randomization test")
     _add_spec_flags(p)
     _add_store_flags(p)
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile (same numbers to float rounding; compiling takes a while)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="run a grid of specs (skips finished runs, resumes interrupted ones)")
     p.add_argument("grid", metavar="GRID.toml", help="grid file (see examples/grid.toml)")
-    p.add_argument("--executor", default="local", help="local (one process) or process (worker processes)")
+    p.add_argument("--executor", default="local",
+                   help="local (one process), process (worker processes) or ray (tasks on a Ray cluster)")
     p.add_argument("--workers", type=int, default=2, help="worker processes for --executor process (default 2)")
+    p.add_argument("--address", help="--executor ray: the cluster, auto (the one this machine belongs to) or "
+                                     "ray://HOST:10001; default: start a local Ray instance with this machine's cores")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="--executor ray: CPUs each run asks for (default 1)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0,
+                   help="--executor ray: GPUs each run asks for; a fraction packs small models onto one GPU "
+                        "(0.25: four runs per GPU; default 0: train on CPUs)")
+    p.add_argument("--max-retries", type=int, default=2,
+                   help="--executor ray: retries of a failed or lost run before it is recorded as failed (default 2)")
+    p.add_argument("--no-batch", dest="batch", action="store_false",
+                   help="train every run on its own (default: runs of small models train several at once, as a "
+                        "fixed rule over the specs decides; see rethink.batching)")
     _add_store_flags(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -294,6 +445,80 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--what", choices=("evals", "steps", "runs"), default="evals")
     p.add_argument("--run-id", action="append", help="only this run (repeatable)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("construct", help="build Theorem 1's network (2n + d weights) that fits a whole training set")
+    for name in ("dataset", "data_dir", "train_size", "test_size", "randomize", "p", "preprocess", "crop", "seed"):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                       help=HELP[name] + ("; default here: none" if name == "preprocess" else ""))
+    p.set_defaults(preprocess="none")  # raw pixels: integer multiples of a power of two, projected exactly
+    p.add_argument("--outputs", choices=("scalar", "onehot"), default="scalar",
+                   help="scalar: one output fitting the labels as numbers (2n + d weights); onehot: one output "
+                        "per class (d + n + nK weights)")
+    p.add_argument("--depth", type=int, default=2, help="2: Theorem 1's network; K > 2: the same function, width O(n/K)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.set_defaults(func=cmd_construct)
+
+    p = sub.add_parser("rademacher", help="lower-bound the empirical Rademacher complexity by fitting random ±1 labels",
+                       description="Trains --model with a two-class head on random ±1 labels for each draw; "
+                                   "--model theorem1 builds Theorem 1's network instead (exactly 1).")
+    _add_spec_flags(p)
+    p.add_argument("--draws", type=int, default=5, help="draws of random labels (default 5)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no per-draw lines")
+    p.set_defaults(func=cmd_rademacher)
+
+    from .kernels.features import FEATURES
+    from .kernels.functions import KERNELS
+
+    p = sub.add_parser("kernel", help="fit the training labels exactly with a kernel machine (minimum-norm interpolant)")
+    p.add_argument("--dataset", required=True, help=HELP["dataset"])
+    p.add_argument("--data-dir", help=HELP["data_dir"])
+    p.add_argument("--train-size", type=int, help=HELP["train_size"] + " (default: all)")
+    p.add_argument("--test-size", type=int, help=HELP["test_size"] + " (default: all)")
+    p.add_argument("--preprocess", default="none", help="none (pixels in [0, 1], the default) or standard")
+    p.add_argument("--crop", type=_crop, default="auto", help=HELP["crop"])
+    p.add_argument("--randomize", default="none", help=HELP["randomize"])
+    p.add_argument("--p", type=float, default=0.0, help=HELP["p"])
+    p.add_argument("--kernel", default="gaussian", help=f"{', '.join(KERNELS)} (default gaussian)")
+    p.add_argument("--bandwidth", type=float, help="the kernel's length scale s (default: a rule on the median "
+                   "pairwise distance, see the README); gaussian exp(-|x-y|^2/(2s^2)), laplacian exp(-|x-y|/s), "
+                   "polynomial (1 + <x,y>/s^2)^degree")
+    p.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2)")
+    p.add_argument("--features", default="none", help=f"{', '.join(FEATURES)}: a feature map before the kernel")
+    p.add_argument("--filters", type=int, default=1024, help="random-conv: number of random filters (default 1024)")
+    p.add_argument("--filter-size", type=int, default=5, help="random-conv: filter side (default 5)")
+    p.add_argument("--pool", type=int, help="feature maps: average-pool to a POOL x POOL grid (default 2 for "
+                   "random-conv, 7 for gabor)")
+    p.add_argument("--orientations", type=int, default=8, help="gabor: orientations (default 8)")
+    p.add_argument("--scales", type=int, default=3, help="gabor: scales, wavelengths 3, 6, 12, ... pixels (default 3)")
+    p.add_argument("--ridge", type=float, default=0.0, help="add R times the identity to K (default 0: interpolate)")
+    p.add_argument("--tol", type=float, default=1e-10, help="relative residual at which CG stops (default 1e-10)")
+    p.add_argument("--max-iter", type=int, default=30, help="CG steps at most (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the subset, the randomization and random features")
+    p.add_argument("--max-memory", dest="max_memory_gb", type=float,
+                   help="GB this process may use (default: whatever is available)")
+    p.add_argument("--p-sweep", type=_floats, metavar="P,P,...",
+                   help="solve for every label corruption p in the list at once (one factorization) and write "
+                        "the norm-vs-noise table and figure to --out")
+    p.add_argument("--out", default="results/norm_vs_noise", help="output folder for --p-sweep")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or estimate")
+    p.set_defaults(func=cmd_kernel)
+
+    p = sub.add_parser("linear-sgd", help="SGD on least squares from w = 0 converges to the minimum-norm solution")
+    p.add_argument("--dataset", default="fashion-mnist", help=HELP["dataset"] + " (default fashion-mnist)")
+    p.add_argument("--data-dir", help=HELP["data_dir"])
+    p.add_argument("--train-size", type=int, default=100, help="n, fewer than the input dimensions (default 100)")
+    p.add_argument("--preprocess", default="standard", help="standard (the default: better conditioned) or none")
+    p.add_argument("--features", default="none", help="none or random-conv/gabor (more dimensions)")
+    p.add_argument("--steps", type=int, default=100_000, help="SGD steps (default 100,000)")
+    p.add_argument("--batch-size", type=int, default=1, help="examples per step (default 1)")
+    p.add_argument("--lr", type=float, help="constant learning rate (default 1 / max |x_i|^2)")
+    p.add_argument("--record-every", type=int, default=500, help="record the distances every N steps")
+    p.add_argument("--seed", type=int, default=0, help="seed for the subset, the outside start and the order")
+    p.add_argument("--out", default="results/linear_sgd", help="output folder for the figure and table")
+    p.add_argument("--json", action="store_true", help="print the final distances as one JSON object on stdout")
+    p.set_defaults(func=cmd_linear_sgd)
     return top
 
 

@@ -15,12 +15,15 @@ from .data.transforms import AUGMENTATIONS
 from .errors import UserError
 
 # Learning rates of the paper (Appendix A): 0.1 for the Inceptions, 0.01 for AlexNet and MLPs.
-DEFAULT_LR = {"inception": 0.1, "inception-nobn": 0.1}
+DEFAULT_LR = {"inception": 0.1, "inception-nobn": 0.1, "inception-v3": 0.1}
 FALLBACK_LR = 0.01
 
 # Fields that never change a run's numbers, left out of its hash. The data checksum is stored
 # beside each run, so a different directory holding the same files is the same run.
-NOT_HASHED = ("data_dir",)
+NOT_HASHED = ("data_dir", "loader_workers")
+# Fields added after stores existed, with their defaults: hashed only when set to another value,
+# so the runs stored before them keep their ids.
+HASHED_IF_SET = {"stream": False, "image_size": 299}
 # Fields whose value is itself a list (in flags: a comma list).
 LIST_FIELDS = ("augment", "hidden")
 
@@ -34,6 +37,8 @@ class RunSpec:
     test_size: int | None = None
     preprocess: str = "standard"  # "standard" (crop + per-image standardization) or "none"
     crop: str | int = "auto"  # "auto" (32 -> 28, else none), "none", or a side length
+    stream: bool = False  # image folders: decode files as they stream (data that do not fit in memory)
+    image_size: int = 299  # --stream: the side of the network's input (Inception V3's pipeline)
     # randomization
     randomize: str = "none"
     p: float = 0.0
@@ -61,6 +66,7 @@ class RunSpec:
     # execution
     seed: int = 0
     device: str = "auto"
+    loader_workers: int = 4  # --stream: DataLoader processes decoding images (0: in the training process)
 
     def __post_init__(self):
         _validate(self)
@@ -75,7 +81,8 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         """A stable hash over every field that can change the results."""
-        d = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in NOT_HASHED and not (k in HASHED_IF_SET and v == HASHED_IF_SET[k])}
         if d["lr"] is None:
             d["lr"] = self.resolved_lr
         d["augment"] = sorted(d["augment"])
@@ -156,6 +163,32 @@ def _validate(s: RunSpec) -> None:
         raise UserError(f"--crop {s.crop!r} must be auto, none or a positive side length such as 28")
     if s.device not in ("auto", "cpu", "cuda") and not s.device.startswith("cuda:"):
         raise UserError(f"--device {s.device!r} is not valid; choose auto, cpu or cuda")
+    _validate_stream(s)
+
+
+STREAM_RANDOMIZE = ("none", "partial-labels", "random-labels")
+STREAM_AUGMENT = ("crop", "flip")
+
+
+def _validate_stream(s: RunSpec) -> None:
+    if s.image_size < 1:
+        raise UserError(f"--image-size {s.image_size} must be a positive whole number, e.g. 299")
+    if s.loader_workers < 0:
+        raise UserError(f"--loader-workers {s.loader_workers} must be 0 or more")
+    if not s.stream:
+        if s.image_size != HASHED_IF_SET["image_size"]:
+            raise UserError(f"--image-size {s.image_size} applies only to streamed image folders; add --stream or drop it")
+        return
+    if s.dataset.partition(":")[0].strip().lower().replace("_", "-") not in ("imagefolder", "image-folder"):
+        raise UserError(f"--stream reads image folders, not {s.dataset!r}; use --dataset imagefolder:PATH")
+    if s.randomize not in STREAM_RANDOMIZE:
+        raise UserError(f"--randomize {s.randomize} needs the images in memory; with --stream use "
+                        f"{', '.join(STREAM_RANDOMIZE)}, or drop --stream")
+    for a in s.augment:
+        if a not in STREAM_AUGMENT:
+            raise UserError(f"--augment {a} is not available with --stream; use {','.join(STREAM_AUGMENT)} or drop --stream")
+    if s.crop != "auto":
+        raise UserError(f"--crop {s.crop} applies to in-memory data; with --stream images are cropped to --image-size")
 
 
 # -- construction from plain values (CLI flags, TOML, JSON) ------------------------------------
@@ -179,7 +212,7 @@ def _coerce(name: str, value):
             if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
                 return int(value)
             return str(value)
-        if name in ("stop_on_fit",):
+        if name in ("stop_on_fit", "stream"):
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError

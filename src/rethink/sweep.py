@@ -2,7 +2,8 @@
 
 Workers only train (``api.execute``) and hand their results back; the driver alone reads and
 writes the store. A re-run sweep skips finished runs and resumes interrupted ones from their
-checkpoints. A cluster executor plugs in at the same seam (see :func:`make_executor`).
+checkpoints. Executors: local, process, and ray (every run a task on a Ray cluster, see
+:mod:`rethink.ray_executor`), all behind :func:`make_executor`.
 
 Grid files (TOML)::
 
@@ -29,12 +30,13 @@ import os
 import sys
 from dataclasses import dataclass
 
-from . import api
+from . import api, distributed
+from .batching import GroupJob, execute_group, plan
 from .errors import UserError
 from .spec import FIELD_NAMES, LIST_FIELDS, RunSpec, from_dict, load_toml
 from .store import Store
 
-EXECUTORS = ("local", "process")
+EXECUTORS = ("local", "process", "ray")
 
 
 def expand(base: dict, grids: list[dict] | None = None, seeds=(0,)) -> list[RunSpec]:
@@ -92,8 +94,10 @@ class Job:
     resume: bool
 
 
-def _work(job: Job) -> api.RunResult:
-    """Train one job (in whichever process runs it) and return its result."""
+def _work(job: Job | GroupJob) -> api.RunResult | list[api.RunResult]:
+    """Train one job (in whichever process runs it) and return its result (a group: a list)."""
+    if isinstance(job, GroupJob):
+        return execute_group(job)
     return api.execute(job.spec, job.checkpoint_path, checkpoint_interval=job.checkpoint_interval,
                        resume=job.resume)
 
@@ -139,13 +143,17 @@ class ProcessExecutor:
         self.pool.join()
 
 
-def make_executor(name: str, workers: int):
+def make_executor(name: str, workers: int, **options):
     """An executor: an object whose ``run(jobs, on_start)`` yields results and ``close(interrupted)``
-    ends it. A cluster executor (e.g. Ray) plugs in here."""
+    ends it. ``options`` go to the Ray executor (address, cpus_per_run, gpus_per_run, max_retries)."""
     if name == "local":
         return LocalExecutor()
     if name == "process":
         return ProcessExecutor(workers)
+    if name == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(**options)
     raise UserError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
 
 
@@ -167,12 +175,15 @@ def run_sweep(
     checkpoint_dir: str | None = None,
     checkpoint_interval: float = 60.0,
     progress: bool = True,
+    executor_options: dict | None = None,
+    batch: bool = True,
 ) -> list[api.RunResult]:
     """Run every spec not already finished in ``store``; returns results in the order of ``specs``.
 
     The driver alone writes the store: each result is recorded (in its own transaction) as soon as
     it comes back, so an interrupted sweep keeps every finished run. KeyboardInterrupt is raised
-    again after recording what finished.
+    again after recording what finished. With ``batch`` (and the local or process executor), runs
+    of small models train several at once where :mod:`rethink.batching`'s rule says so.
     """
     from tqdm import tqdm
 
@@ -180,6 +191,9 @@ def run_sweep(
         raise UserError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if workers < 1:
         raise UserError(f"--workers {workers} must be at least 1")
+    writes = distributed.rank() == 0  # under torchrun every rank trains each run, rank 0 alone writes
+    if distributed.world_size() > 1 and executor != "local":
+        raise UserError(f"under torchrun every run is data-parallel over the ranks; drop --executor {executor}")
     db = store if isinstance(store, Store) else Store(store)
     results: dict[str, api.RunResult] = {}
     todo = []
@@ -189,23 +203,28 @@ def run_sweep(
             results[spec.run_id] = stored
         else:
             todo.append(Job(spec, api.checkpoint_file(db, spec, checkpoint_dir), checkpoint_interval, not force))
-    for job in todo:
+    pool = make_executor(executor, workers, **(executor_options or {})) if todo else None  # before any write
+    for job in todo if writes else ():
         api.start(db, job.spec, status="queued")
+    if batch and executor != "ray":  # Ray packs runs onto devices by its own resources (--gpus-per-run)
+        todo = plan(todo)
     bar = tqdm(total=len(specs), initial=len(results), file=sys.stderr, unit="run", desc="sweep",
                disable=not progress)
-    pool = make_executor(executor, workers) if todo else None
     interrupted = False
 
     def show(job):
-        bar.set_postfix_str(f"running {describe(job.spec)}")
+        bar.set_postfix_str(f"running {describe(job.spec) if isinstance(job, Job) else f'{len(job.jobs)} runs batched'}")
 
     try:
-        for result in pool.run(todo, on_start=show) if pool else ():
-            api.record(db, result)
-            results[result.run_id] = result
-            bar.set_postfix_str(f"{describe(result.spec)}: {result.status}")
-            bar.update(1)
-            if result.status == "interrupted":
+        for out in pool.run(todo, on_start=show) if pool else ():
+            finished = out if isinstance(out, list) else [out]  # a batched group's results come together
+            for result in finished:
+                if writes:
+                    api.record(db, result)
+                results[result.run_id] = result
+                bar.set_postfix_str(f"{describe(result.spec)}: {result.status}")
+                bar.update(1)
+            if any(result.status == "interrupted" for result in finished):
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         interrupted = True

@@ -426,6 +426,32 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
                     "colour (convert it to PNG with mode L or RGB)")
 
 
+def image_folder_layout(sources: dict, path, where) -> tuple[list[str], list[tuple], list[tuple]]:
+    """The classes (sorted names of the train/ class folders) and the image files of train/ and of
+    test/ (or val/), each sorted by class and name. ``sources`` maps relative path parts to files;
+    ``where(rel)`` names a file in messages. A layout mistake is a :class:`UserError`."""
+    by_split: dict[str, list[tuple[str, ...]]] = {}
+    for rel in sources:  # anything at the wrong depth is a layout mistake
+        if rel[0] not in ("train", *TEST_SPLITS) or not rel[-1].lower().endswith(IMAGE_EXTENSIONS):
+            continue
+        if len(rel) != 3:
+            raise UserError(f"{where(rel)}: image at the wrong depth; images must be at {_LAYOUT}")
+        by_split.setdefault(rel[0], []).append(rel)
+    test_split = next((s for s in TEST_SPLITS if by_split.get(s)), None)
+    if not by_split.get("train"):
+        raise UserError(f"{path}: no images under train/; expected {_LAYOUT}")
+    if test_split is None:
+        raise UserError(f"{path}: no images under test/ or val/; expected {_LAYOUT}")
+    classes = sorted({rel[1] for rel in by_split["train"]})
+    index = {c: i for i, c in enumerate(classes)}
+    for rel in by_split[test_split]:
+        if rel[1] not in index:
+            raise UserError(f"{where(rel)}: class '{rel[1]}' is not among the train/ "
+                            f"classes ({', '.join(classes)}); every test class needs train images")
+    train, test = (sorted(by_split[s], key=lambda r: (index[r[1]], r[2])) for s in ("train", test_split))
+    return classes, train, test
+
+
 def read_image_folder(path: str | os.PathLike, hasher=None) -> Splits:
     """Read ``train/<class>/*`` and ``test/<class>/*`` (``val/`` if there is no ``test/``).
 
@@ -449,32 +475,11 @@ def read_image_folder(path: str | os.PathLike, hasher=None) -> Splits:
     def where(rel: tuple[str, ...]) -> str:
         return prefix + "/".join(rel)
 
-    # Group image files by split; anything at the wrong depth is a layout mistake.
-    by_split: dict[str, list[tuple[str, ...]]] = {}
-    for rel in sources:
-        if rel[0] not in ("train", *TEST_SPLITS) or not rel[-1].lower().endswith(IMAGE_EXTENSIONS):
-            continue
-        if len(rel) != 3:
-            raise UserError(f"{where(rel)}: image at the wrong depth; images must be at {_LAYOUT}")
-        by_split.setdefault(rel[0], []).append(rel)
-    test_split = next((s for s in TEST_SPLITS if by_split.get(s)), None)
-    if not by_split.get("train"):
-        raise UserError(f"{path}: no images under train/; expected {_LAYOUT}")
-    if test_split is None:
-        raise UserError(f"{path}: no images under test/ or val/; expected {_LAYOUT}")
-
-    classes = sorted({rel[1] for rel in by_split["train"]})
+    classes, train_files, test_files = image_folder_layout(sources, path, where)
     index = {c: i for i, c in enumerate(classes)}
-    for rel in by_split[test_split]:
-        if rel[1] not in index:
-            raise UserError(f"{where(rel)}: class '{rel[1]}' is not among the train/ "
-                            f"classes ({', '.join(classes)}); every test class needs train images")
-
     first_size, first_file = None, None
     images, labels, colour = [], [], False
-    order = [sorted(by_split[s], key=lambda r: (index[r[1]], r[2]))
-             for s in ("train", test_split)]
-    for rel in order[0] + order[1]:
+    for rel in train_files + test_files:
         src = sources[rel]
         data = src if isinstance(src, bytes) else read_bytes(src)
         _hash(hasher, f"{'/'.join(rel)}\0{len(data)}\0".encode(), data)
@@ -496,7 +501,7 @@ def read_image_folder(path: str | os.PathLike, hasher=None) -> Splits:
     for i, img in enumerate(images):
         x[i] = img.transpose(2, 0, 1) if img.ndim == 3 else img  # grayscale broadcasts to RGB
     y = np.asarray(labels, dtype=np.int64)
-    n_train = len(order[0])
+    n_train = len(train_files)
     return Splits(x[:n_train], y[:n_train], x[n_train:], y[n_train:], tuple(classes))
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from rethink.errors import UserError
 from rethink.models import alexnet as _alexnet
 from rethink.models import inception as _inception
+from rethink.models import inception_v3 as _inception_v3
 from rethink.models import mlp as _mlp
 
 __all__ = ["build", "register", "model_names", "describe", "num_params"]
@@ -211,3 +212,5 @@ register("mlp3x512", "MLP with three hidden layers of 512 units (paper's MLP 3x5
 register("alexnet", "paper's small AlexNet: 2x [conv5x5 64, max-pool, LRN], FC 384, FC 192")(_alexnet.alexnet)
 register("inception", "paper's small Inception with batch norm (shift only)")(_inception.inception)
 register("inception-nobn", "paper's small Inception without batch norm (conv biases instead)")(_inception.inception_nobn)
+register("inception-v3", "Inception V3 for ImageNet (torchvision's), inputs of 75x75 or more; option dropout; "
+         "needs rethink[imagenet]")(_inception_v3.inception_v3)

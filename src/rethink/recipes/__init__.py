@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import api
+from .. import api, distributed
 from ..errors import UserError
 from ..report import Output, close, save
 from ..store import Store
 from ..sweep import run_sweep
-from . import figure1, figure2, tables
+from . import figure1, figure2, table2, tables
 from .common import PROTOCOLS, SCALES, protocol
 
 
@@ -43,6 +43,8 @@ RECIPES = {r.name: r for r in [
            tables.specs_table1, tables.render_table1),
     Recipe("table4", "random labels with weight decay, random cropping, augmentation", tables.specs_table4,
            tables.render_table4),
+    Recipe("table2", "ImageNet, Inception V3: regularizers on and off, random labels; top-1, top-5, best test",
+           table2.specs_table2, table2.render_table2),
 ]}
 
 
@@ -90,9 +92,14 @@ def reproduce(
     t0 = time.perf_counter()
     db = Store(store)
     results = run_sweep(specs, db, executor=executor, workers=workers, progress=progress)
-    db.record_recipe(name, scale, {**options, "seeds": seeds}, [r.run_id for r in results])
+    failed = [r.run_id for r in results if r.status == "failed"]
+    if failed:
+        raise UserError(f"{len(failed)} runs failed ({', '.join(failed)}; see 'rethink runs'); "
+                        "run the same command again to retry them")
+    if distributed.rank() == 0:  # under torchrun, rank 0 alone writes the store and the files
+        db.record_recipe(name, scale, {**options, "seeds": seeds}, [r.run_id for r in results])
     output = render(name, scale, options, seeds, results)
-    paths = save(output, out)
+    paths = save(output, out) if distributed.rank() == 0 else []
     close(output)
     if progress:
         print(f"{name} ({scale}): {len(results)} runs, {time.perf_counter() - t0:.0f} s; wrote {out}/",

@@ -8,6 +8,7 @@ specs' files, sweeps or the store: it gets tensors and settings, and returns met
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -17,9 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from ..data.transforms import augment, standardize
+from ..distributed import Shard
 from ..seeding import torch_seed
 
+# Evaluation batches (measured, benchmarks/engine_choices.py): large ones for models without
+# convolutions; small ones for convolutional models, whose activations then stay in cache.
 EVAL_BATCH = 2048
+CONV_EVAL_BATCH = 128
 _RESUMED = ("status", "evals", "step_losses", "time_to_fit", "steps", "train_seconds", "eval_seconds")
 
 
@@ -41,6 +46,27 @@ class TrainData:
     crop: int | None = None
     standardize: bool = True
 
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    def batches(self, perm, batch_size: int, kinds: tuple[str, ...], aug_gen, shard: Shard):
+        """For every global batch of ``perm``: this rank's images (augmented when ``kinds``) and
+        labels, and the global batch's size. A data source streaming from disk has the same
+        ``batches`` and ``evaluate`` (see :mod:`rethink.data.streaming`)."""
+        for start in range(0, len(perm), batch_size):
+            idx = perm[start : start + batch_size]
+            if kinds:  # augment the whole global batch, so that every rank draws the same numbers
+                xb = shard.take(augment(self.x_train_raw[idx], kinds, self.crop, aug_gen))
+                xb = standardize(xb) if self.standardize else xb
+            else:
+                xb = self.x_train[shard.take(idx)]
+            yield xb, self.y_train[shard.take(idx)], len(idx)
+
+    def evaluate(self, model: torch.nn.Module, shard: Shard) -> dict:
+        """:func:`evaluate` on rank 0, its numbers shared with every rank."""
+        return shard.broadcast(evaluate(model, self) if shard.rank == 0 else None)
+
 
 @dataclass
 class TrainConfig:
@@ -57,6 +83,8 @@ class TrainConfig:
     stop_on_fit: bool = True
     stop_loss: float | None = None
     seed: int = 0
+    bf16: bool = True  # on CUDA: bf16 autocast, float32 weights (CPU always trains in float32)
+    compile: bool = False  # torch.compile the training step's model
 
 
 @dataclass
@@ -77,18 +105,37 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=True)
+
+
+def channels_last(model: torch.nn.Module) -> bool:
+    """Whether ``model`` trains in channels_last memory format: convolutional models do (measured
+    faster on CPU for the paper's AlexNet and Inception, benchmarks/engine_choices.py)."""
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def eval_batch(model: torch.nn.Module) -> int:
+    return CONV_EVAL_BATCH if channels_last(model) else EVAL_BATCH
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast on CUDA (unless ``cfg.bf16`` is off); float32 elsewhere."""
+    if cfg.bf16 and device.type == "cuda":
+        return torch.autocast("cuda", torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Mean cross-entropy and predicted classes over a whole set, in large batches, eval mode."""
+    """Mean cross-entropy and predicted classes over a whole set, in eval mode and batches of
+    :func:`eval_batch` examples."""
     was_training = model.training
     model.eval()
+    size = eval_batch(model)
     total, preds = torch.zeros((), device=x.device, dtype=torch.float64), []
-    for i in range(0, len(x), EVAL_BATCH):
-        logits = model(x[i : i + EVAL_BATCH]).float()
-        total += F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum").double()
+    for i in range(0, len(x), size):
+        logits = model(x[i : i + size]).float()
+        total += F.cross_entropy(logits, y[i : i + size], reduction="sum").double()
         preds.append(logits.argmax(1))
     model.train(was_training)
     return float(total) / max(len(x), 1), torch.cat(preds)
@@ -107,6 +154,11 @@ def evaluate(model: torch.nn.Module, data: TrainData) -> dict:
     the corrupted part against its noisy and its true labels, and on the clean part."""
     train_loss, p_train = predict(model, data.x_train, data.y_train)
     test_loss, p_test = predict(model, data.x_test, data.y_test)
+    return metrics(data, train_loss, p_train, test_loss, p_test)
+
+
+def metrics(data: TrainData, train_loss: float, p_train: torch.Tensor, test_loss: float, p_test: torch.Tensor) -> dict:
+    """An evaluation's numbers from the mean losses and predicted classes on both sets."""
     return {
         "train_loss": train_loss,
         "train_acc": _acc(p_train, data.y_train),
@@ -125,12 +177,22 @@ def _sync(device: torch.device) -> None:
 
 def save_checkpoint(path: str, state: dict) -> None:
     """Write atomically: to a temporary file, fsync, then rename over the old checkpoint."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    save_checkpoints([(path, state)])
+
+
+def save_checkpoints(items: list[tuple[str, dict]]) -> None:
+    """:func:`save_checkpoint` for several runs: every file is written and fsynced before the first
+    rename, so a crash leaves them all at the same epoch (unless it falls between the renames)."""
+    written = []
+    for path, state in items:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        written.append((tmp, path))
+    for tmp, path in written:
+        os.replace(tmp, path)
 
 
 def train(
@@ -154,13 +216,16 @@ def train(
     passed since the last one (0: every epoch), and at the end of training. Their time counts
     neither as training nor as evaluation time.
     """
-    device = data.x_train.device
+    device = data.device
+    shard = Shard.current()  # this rank's part under torchrun; the whole batch otherwise
     n = len(data.y_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     eval_every = cfg.eval_every or steps_per_epoch
+    if channels_last(model):
+        model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
     res = TrainResult(status="budget")
     start_epoch = 0
@@ -174,6 +239,9 @@ def train(
         for k in _RESUMED:
             setattr(res, k, resume["result"][k])
         start_epoch = resume["epoch"]
+    net = shard.wrap(model, device)
+    if cfg.compile:
+        net = torch.compile(net)
     model.train()
     step = res.steps
 
@@ -182,15 +250,10 @@ def train(
         _sync(device)
         t0 = time.perf_counter()
         res.train_seconds += t0 - segment_start
-        metrics = evaluate(model, data)
-        row = {"step": step, "epoch": step / steps_per_epoch, "seconds": res.train_seconds,
-               "lr": opt.param_groups[0]["lr"], **metrics}
-        res.evals.append(row)
-        if res.time_to_fit is None and metrics["train_acc"] >= cfg.fit_threshold - 1e-12:
-            res.time_to_fit = {"steps": step, "epochs": step / steps_per_epoch,
-                               "seconds": res.train_seconds, "resolution_steps": eval_every}
-        if cfg.stop_loss is not None and metrics["train_loss"] <= cfg.stop_loss:
-            res.status = "converged"
+        with autocast(cfg, device):
+            row = {"step": step, "epoch": step / steps_per_epoch, "seconds": res.train_seconds,
+                   "lr": opt.param_groups[0]["lr"], **data.evaluate(model, shard)}
+        record_eval(res, cfg, row, steps_per_epoch, eval_every)
         segment_start = time.perf_counter()
         res.eval_seconds += segment_start - t0
         if on_progress:
@@ -211,18 +274,17 @@ def train(
             aug_gen = None
             if cfg.augment:
                 aug_gen = torch.Generator(device=device).manual_seed(torch_seed(cfg.seed, "augment", epoch))
+            batches = data.batches(perm, cfg.batch_size, cfg.augment, aug_gen, shard)
+            if shard.world > 1:  # each rank its own dropout masks, reproducible after a resume
+                torch.manual_seed(torch_seed(cfg.seed, "dropout", epoch, shard.rank))
             losses = torch.empty(steps_per_epoch, device=device)
             done_in_epoch = 0
             for b in range(steps_per_epoch):
                 if step >= total_steps:
                     break
-                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                if cfg.augment:
-                    xb = augment(data.x_train_raw[idx], cfg.augment, data.crop, aug_gen)
-                    xb = standardize(xb) if data.standardize else xb
-                else:
-                    xb = data.x_train[idx]
-                loss = F.cross_entropy(model(xb), data.y_train[idx])
+                xb, yb, count = next(batches)
+                with autocast(cfg, device):
+                    loss = shard.loss(net(xb), yb, count)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -231,19 +293,20 @@ def train(
                 done_in_epoch += 1
                 if step % eval_every == 0 or step == total_steps:
                     res.steps = step
-                    if not math.isfinite(float(losses[b])):  # the one sync, at evaluations only
+                    if not shard.finite(losses[b]):  # the one sync, at evaluations only
                         break
                     do_eval()
                     if _done(res, cfg):
                         break
-            epoch_losses = losses[:done_in_epoch].tolist()
+            epoch_losses = shard.mean(losses[:done_in_epoch]).tolist()  # the global batches' losses
             res.step_losses.extend(epoch_losses)
             res.steps = step
             if not all(math.isfinite(v) for v in epoch_losses):
                 res.status = "diverged"
                 break
             last_epoch = step >= total_steps or epoch + 1 == cfg.epochs or _done(res, cfg)
-            if checkpoint_path and (last_epoch or time.perf_counter() - last_ckpt >= checkpoint_interval):
+            if checkpoint_path and shard.rank == 0 and (
+                    last_epoch or time.perf_counter() - last_ckpt >= checkpoint_interval):
                 _sync(device)
                 t0 = time.perf_counter()
                 res.train_seconds += t0 - segment_start
@@ -259,6 +322,16 @@ def train(
     if res.status not in ("diverged", "converged"):
         res.status = "fitted" if res.time_to_fit and cfg.stop_on_fit else "budget"
     return _finish(res, steps_per_epoch)
+
+
+def record_eval(res: TrainResult, cfg: TrainConfig, row: dict, steps_per_epoch: int, eval_every: int) -> None:
+    """Append an evaluation row and apply the rules it can trigger: time to fit, converged."""
+    res.evals.append(row)
+    if res.time_to_fit is None and row["train_acc"] >= cfg.fit_threshold - 1e-12:
+        res.time_to_fit = {"steps": row["step"], "epochs": row["step"] / steps_per_epoch,
+                           "seconds": res.train_seconds, "resolution_steps": eval_every}
+    if cfg.stop_loss is not None and row["train_loss"] <= cfg.stop_loss:
+        res.status = "converged"
 
 
 def _done(res: TrainResult, cfg: TrainConfig) -> bool:

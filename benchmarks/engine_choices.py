@@ -1,0 +1,182 @@
+"""The engine's speed choices, each measured on and off in the same run (CPU, float32).
+
+    flock /tmp/rethink-cpu.lock .venv/bin/python benchmarks/engine_choices.py [--quick]
+
+Trains the paper's models with ``rethink.train.engine.train`` on CIFAR-shaped synthetic data
+(3x28x28, batch 128) and prints training samples per second for:
+
+- the optimizer step: fused SGD (the engine's) against foreach and the plain per-tensor loop;
+- channels_last memory format for the convolutional models (model, or model and data) against
+  the default layout;
+- ``torch.compile`` (``--compile``) against eager;
+- evaluation: the engine's batch size (``eval_batch``: 2048, 128 for convolutional models) under
+  ``torch.inference_mode`` against other sizes and a conventional loop (128, ``no_grad``, ``.item()``);
+- flushing denormal numbers to zero, on matrix products with denormal inputs.
+
+Each variant runs in alternating rounds and keeps its best round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from rethink.models import build
+from rethink.train import engine
+from rethink.train.engine import TrainConfig, TrainData, eval_batch, make_optimizer, train
+
+SHAPE = (3, 28, 28)
+
+
+def data(n: int, channels_last: bool = False) -> TrainData:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, *SHAPE, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return TrainData(x, y, x[:128], y[:128], y, torch.zeros(n, dtype=torch.bool))
+
+
+def model(name: str, channels_last: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = build(name, SHAPE, 10)
+    return m.to(memory_format=torch.channels_last) if channels_last else m
+
+
+def samples_per_s(m, d: TrainData, steps: int, **cfg) -> float:
+    res = train(m, d, TrainConfig(lr=0.01, lr_decay=1.0, epochs=1, max_steps=steps, stop_on_fit=False, **cfg))
+    return steps * 128 / res.train_seconds
+
+
+def best_of(variants: dict, rounds: int) -> dict:
+    """Each variant (a function returning samples/s) in alternating rounds; the best of each."""
+    best = dict.fromkeys(variants, 0.0)
+    for _ in range(rounds):
+        for name, f in variants.items():
+            best[name] = max(best[name], f())
+    return best
+
+
+def show(title: str, best: dict) -> None:
+    base = next(iter(best.values()))
+    print(f"{title}: " + ", ".join(f"{k} {v:,.0f} ({v / base:.2f}x)" for k, v in best.items()), flush=True)
+
+
+def optimizers(name: str, steps: int, rounds: int) -> None:
+    def with_sgd(kind):
+        def make(m, cfg):
+            opt = make_optimizer(m, cfg)
+            for g in opt.param_groups:
+                g["fused"], g["foreach"] = kind == "fused", kind == "foreach"
+            return opt
+
+        def run():
+            engine.make_optimizer = make
+            try:
+                return samples_per_s(m, d, steps)
+            finally:
+                engine.make_optimizer = make_optimizer
+        return run
+
+    m, d = model(name), data(steps * 128)
+    samples_per_s(m, d, 2)
+    show(f"{name}, SGD step (samples/s)", best_of({k: with_sgd(k) for k in ("fused", "foreach", "for-loop")}, rounds))
+
+
+def memory_format(name: str, steps: int, rounds: int) -> None:
+    plain, cl = (model(name), data(steps * 128)), (model(name, True), data(steps * 128))
+    cl_data = (model(name, True), data(steps * 128, channels_last=True))
+    for m, d in (plain, cl, cl_data):
+        samples_per_s(m, d, 1)
+    show(f"{name}, memory format (samples/s)", best_of({
+        "contiguous": lambda: samples_per_s(*plain, steps),
+        "channels_last model": lambda: samples_per_s(*cl, steps),
+        "channels_last model and data": lambda: samples_per_s(*cl_data, steps)}, rounds))
+
+
+def compiled(name: str, steps: int, rounds: int) -> None:
+    eager, comp, d = model(name), model(name), data(steps * 128)
+    samples_per_s(eager, d, 2)
+    t = time.perf_counter()
+    samples_per_s(comp, d, 2, compile=True)
+    print(f"{name}: compiling took {time.perf_counter() - t:.0f} s")
+    show(f"{name}, torch.compile (samples/s)", best_of({
+        "eager": lambda: samples_per_s(eager, d, steps),
+        "compiled": lambda: samples_per_s(comp, d, steps, compile=True)}, rounds))
+
+
+def evaluation(name: str, n: int, rounds: int) -> None:
+    m, d = model(name, channels_last=name != "mlp1x512"), data(n)  # as the engine trains them
+
+    def batches_of(size):
+        def run():
+            engine.eval_batch = lambda model: size
+            try:
+                t = time.perf_counter()
+                engine.predict(m, d.x_train, d.y_train)
+                return n / (time.perf_counter() - t)
+            finally:
+                engine.eval_batch = eval_batch
+        return run
+
+    @torch.no_grad()
+    def conventional():
+        m.eval()
+        t = time.perf_counter()
+        for i in range(0, n, 128):
+            F.cross_entropy(m(d.x_train[i : i + 128]), d.y_train[i : i + 128]).item()
+        m.train()
+        return n / (time.perf_counter() - t)
+
+    ours = eval_batch(m)
+    show(f"{name}, evaluation (samples/s)", best_of({
+        f"ours: {ours} per batch, inference_mode": batches_of(ours),
+        **{f"{size} per batch": batches_of(size) for size in (128, 512, 2048) if size != ours},
+        "128 per batch, no_grad, .item()": conventional}, rounds))
+
+
+def denormals(rounds: int) -> None:
+    a = torch.full((512, 512), 1e-39)  # below float32's smallest normal number (1.2e-38)
+    b = torch.randn(512, 512)
+
+    def products(flush):
+        def run():
+            torch.set_flush_denormal(flush)
+            t = time.perf_counter()
+            for _ in range(5):
+                torch.mm(a, b)
+            return 5 / (time.perf_counter() - t)
+        return run
+
+    show("512x512 products of a denormal and a normal matrix (per s)",
+         best_of({"denormals flushed": products(True), "not flushed": products(False)}, rounds))
+    torch.set_flush_denormal(True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    rounds = 2 if args.quick else 3
+    torch.set_flush_denormal(True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name in ("mlp1x512", "mlp3x512"):
+        optimizers(name, 30 if args.quick else 60, rounds)
+    for name, steps in (("alexnet", 5), ("inception", 2), ("inception-nobn", 2)):
+        memory_format(name, steps if args.quick else math.ceil(1.5 * steps), rounds)
+    for name in ("mlp1x512", "alexnet"):
+        compiled(name, 30 if name.startswith("mlp") else 5, rounds)
+    evaluation("mlp1x512", 10000, rounds)
+    evaluation("alexnet", 2048, rounds)
+    evaluation("inception", 512, rounds)
+    denormals(rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

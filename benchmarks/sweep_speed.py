@@ -1,0 +1,63 @@
+"""A Figure 1b-style sweep, batched against one run after another, side by side in one run.
+
+    flock /tmp/rethink-cpu.lock .venv/bin/python benchmarks/sweep_speed.py [--quick]
+
+Eleven label-corruption levels (p = 0, 0.1, ..., 1) of MLP 1x512 on the digits set (1,437
+training images, 8x8), SGD lr 0.1 momentum 0.9 batch 128, constant rate, each run until 100%
+training accuracy (evaluated every epoch), as ``rethink sweep`` runs them: once with the runs
+trained one after another (``batch=False``) and once as the batching rule decides (all eleven in
+one batch), each into a fresh store, wall time end to end. The two alternate (``--quick``: one
+round, 500 training images) and each keeps its best round. Prints the ratio, whether the 3x target
+is met, and how close the batched runs' steps to fit are to the sequential ones'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+from rethink.sweep import expand, run_sweep
+
+TARGET = 3.0
+
+
+def sweep(specs, batch: bool) -> tuple[float, list]:
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        results = run_sweep(specs, os.path.join(tmp, "s.sqlite"), batch=batch, progress=False)
+        return time.perf_counter() - t, results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="500 training images, one round")
+    args = ap.parse_args(argv)
+    base = {"dataset": "digits", "model": "mlp1x512", "randomize": "partial-labels", "lr": 0.1, "lr_decay": 1.0,
+            "epochs": 1000, "device": "cpu", "train_size": 500 if args.quick else None}
+    specs = expand(base, [{"p": [round(0.1 * i, 1) for i in range(11)]}])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(specs)} runs: MLP 1x512 on digits "
+          f"({base['train_size'] or 1437} training images), p = 0, 0.1, ..., 1, until 100% training accuracy")
+    seq = bat = float("inf")
+    for r in range(1 if args.quick else 2):
+        s, seq_results = sweep(specs, batch=False)
+        b, bat_results = sweep(specs, batch=True)
+        seq, bat = min(seq, s), min(bat, b)
+        print(f"  round {r + 1}: one after another {s:.1f} s, batched {b:.1f} s", flush=True)
+    sizes = {res.summary["models_in_batch"] for res in bat_results}
+    print(f"\nbatch sizes recorded: {sorted(sizes)}; every run fitted: "
+          f"{all(res.status == 'fitted' for res in seq_results + bat_results)}")
+    print("steps to fit, one after another / batched: " + ", ".join(
+        f"p={a.spec.p:g}: {a.time_to_fit['steps']}/{b.time_to_fit['steps']}"
+        for a, b in zip(seq_results, bat_results) if a.time_to_fit and b.time_to_fit))
+    print(f"\none after another {seq:.1f} s, batched {bat:.1f} s: {seq / bat:.2f}x")
+    print(f"  [{'met' if seq >= TARGET * bat else 'NOT met'}] batched {TARGET:g}x faster than one run after another")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

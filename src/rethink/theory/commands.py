@@ -1,0 +1,63 @@
+"""What ``rethink construct`` does: build Theorem 1's network for a (randomized) training set,
+verify it, and report the numbers."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..api import prepare
+from ..errors import UserError
+from ..spec import RunSpec
+from .expressivity import construct, one_hot, predict, verify
+
+OUTPUTS = ("scalar", "onehot")
+
+
+def construct_report(spec: RunSpec, outputs: str = "scalar", depth: int = 2) -> dict:
+    """Build the network for the spec's (subset, randomized, preprocessed) training set.
+
+    Scalar outputs fit the class labels as numbers 0..K-1 (read back by rounding); one-hot outputs
+    fit one output per class (read back by argmax). The returned dict is ``--json``'s object.
+    """
+    if outputs not in OUTPUTS:
+        raise UserError(f"--outputs {outputs!r} is not valid; choose one of {', '.join(OUTPUTS)}")
+    prepared = prepare(spec, torch.device("cpu"))
+    data = prepared.data
+    labels = data.y_train
+    targets = labels.double() if outputs == "scalar" else one_hot(labels, prepared.num_classes)
+    net = construct(data.x_train, targets, depth=depth, seed=spec.seed)
+    check = verify(net, data.x_train, targets)
+    t0 = time.perf_counter()
+    test_acc = float((predict(net, data.x_test) == data.y_test.double()).double().mean())
+    c = net.construction
+    return {
+        "n": c.n, "d": c.d, "num_params": c.num_params, "fit_fraction": check.fit_fraction,
+        "max_residual": check.max_residual, "min_gap": c.min_gap, "seconds": c.seconds,
+        "verify_seconds": check.seconds, "test_acc": test_acc, "test_seconds": time.perf_counter() - t0,
+        "units": c.units, "outputs": outputs, "num_outputs": c.outputs, "depth": c.depth,
+        "exact_projection": c.exact_projection, "direction_bound": c.direction_bound, "attempts": c.attempts,
+        "min_gap_relative": c.min_gap_relative, "min_diagonal": c.min_diagonal, "condition": c.condition,
+        "weight_norms": {"a": c.norm_a, "b": c.norm_b, "w": c.norm_w, "max_abs_w": c.max_abs_w},
+        "spec": {k: getattr(spec, k) for k in ("dataset", "train_size", "test_size", "randomize", "p",
+                                                 "preprocess", "seed")},
+    }
+
+
+def format_report(r: dict) -> str:
+    """The human-readable summary of :func:`construct_report`."""
+    gap = "none (one point)" if r["min_gap"] is None else f"{r['min_gap']:.6g} ({r['min_gap_relative']:.3g} of the range)"
+    how = "exact (integer direction on the inputs' grid)" if r["exact_projection"] else "rounded (no exact grid)"
+    lines = [
+        (f"points n = {r['n']:,} ({r['units']:,} distinct), d = {r['d']:,}, depth {r['depth']}, "
+         f"{r['outputs']} outputs"),
+        f"weights: {r['num_params']:,}",
+        f"targets reproduced: {100 * r['fit_fraction']:.4f}%  (largest residual {r['max_residual']:.3g})",
+        f"smallest gap between projections: {gap}; projections {how}",
+        (f"min_i (x_i - b_i) = {r['min_diagonal']:.6g}; condition ||A|| ||A^-1|| = {r['condition']:.3g}; "
+         f"|a| = {r['weight_norms']['a']:.4g}, |b| = {r['weight_norms']['b']:.4g}, |w| = {r['weight_norms']['w']:.4g}"),
+        f"construction {r['seconds']:.3f} s, verification {r['verify_seconds']:.3f} s (the network itself, float64)",
+        f"test accuracy: {100 * r['test_acc']:.2f}%",
+    ]
+    return "\n".join(lines)

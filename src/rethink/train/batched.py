@@ -1,0 +1,419 @@
+"""The batched engine: K independent models trained in lockstep in one process.
+
+Each model keeps everything that is its own: its data (subset, randomization), initialization,
+batch order, augmentation stream, stop rules, results and checkpoint. Only the arithmetic is
+shared: the parameters (and batch-norm statistics) are stacked along a new leading dimension, and
+one vectorized forward and backward pass (``torch.func.functional_call`` under ``vmap``) serves
+all K, so that small models, whose steps are mostly fixed per-step overhead, share it.
+
+A model trained here follows the trajectory of the same model trained alone by
+:func:`rethink.train.engine.train` to float tolerance (the batched products sum in another
+order), and its checkpoints have the same format, so either engine resumes the other's run.
+Models of different sizes share a batch where zero padding is exact for their architecture: the
+caller passes a ``template`` with the padded shapes (e.g. the widest MLP); a padded unit has zero
+weights in and out, so it gets zero gradients and stays zero. Models that finish (fit, converge,
+diverge) leave the batch and the rest go on. Dropout is refused (vmap's ``randomness="error"``):
+its masks come from one global stream, which K models cannot share and still follow their own
+trajectories.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ..data.transforms import augment, standardize
+from ..seeding import torch_seed
+from .engine import (
+    _RESUMED,
+    TrainConfig,
+    TrainData,
+    TrainResult,
+    _done,
+    _finish,
+    _sync,
+    autocast,
+    eval_batch,
+    make_optimizer,
+    metrics,
+    record_eval,
+    save_checkpoints,
+)
+
+# Settings every model of a batch shares (they step together); the others may differ per model.
+SHARED = ("lr", "lr_decay", "momentum", "weight_decay", "batch_size", "epochs", "max_steps", "augment", "eval_every",
+          "bf16")
+
+
+@dataclass
+class Member:
+    """One model of a batch: its module (initial weights in, final weights out), data and settings."""
+
+    model: nn.Module
+    data: TrainData
+    cfg: TrainConfig
+    checkpoint_path: str | None = None
+    resume: dict | None = None  # a checkpoint of this model, written by either engine
+    checkpoint_extra: dict | None = None
+
+
+def train_batched(members: list[Member], *, template: nn.Module | None = None,
+                  checkpoint_interval: float = 60.0) -> list[TrainResult]:
+    """Train every member until it fits, its budget ends or its loss diverges; their results in order.
+
+    ``template`` is the architecture the batch runs (default: the first member's); every member's
+    parameters must fit inside its shapes (they are zero-padded to them). Checkpoints are written
+    as :func:`rethink.train.engine.train` writes them. Members resumed from checkpoints of
+    different epochs train as separate batches, one after another.
+    """
+    for m in members:
+        for name in SHARED:
+            if getattr(m.cfg, name) != getattr(members[0].cfg, name):
+                raise ValueError(f"the models of a batch must share {name}: {getattr(m.cfg, name)!r} != "
+                                 f"{getattr(members[0].cfg, name)!r}")
+    template = copy.deepcopy(template if template is not None else members[0].model).to("meta")
+    restored = [_restore(m) for m in members]
+    results = [res for res, _, _ in restored]
+    steps_per_epoch = math.ceil(len(members[0].data.y_train) / members[0].cfg.batch_size)
+    interrupted = False
+    for start in sorted({epoch for _, epoch, _ in restored}):
+        part = [i for i, (_, epoch, _) in enumerate(restored) if epoch == start]
+        if interrupted:  # Ctrl-C: the batches not started yet end as interrupted too
+            for i in part:
+                results[i].status = "interrupted"
+                _finish(results[i], steps_per_epoch)
+            continue
+        interrupted = _Lockstep([members[i] for i in part], [results[i] for i in part], template).run(
+            start, [restored[i][2] for i in part], checkpoint_interval)
+    return results
+
+
+def _restore(m: Member) -> tuple[TrainResult, int, dict]:
+    """A member's result so far, the epoch it starts at, and its momentum buffers by parameter name."""
+    res = TrainResult(status="budget")
+    if m.resume is None:
+        return res, 0, {}
+    m.model.load_state_dict(m.resume["model"])
+    opt = make_optimizer(m.model, m.cfg)
+    opt.load_state_dict(m.resume["optimizer"])
+    for k in _RESUMED:
+        setattr(res, k, m.resume["result"][k])
+    return res, m.resume["epoch"], {name: opt.state[p].get("momentum_buffer") for name, p in m.model.named_parameters()}
+
+
+class _Lockstep:
+    """Members that start at the same epoch, trained as one batch."""
+
+    def __init__(self, members: list[Member], results: list[TrainResult], template: nn.Module):
+        self.members, self.results, self.template = members, results, template
+        self.cfg = cfg = members[0].cfg
+        self.device = members[0].data.x_train.device
+        self.n = len(members[0].data.y_train)
+        self.steps_per_epoch = math.ceil(self.n / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.eval_every = cfg.eval_every or self.steps_per_epoch
+        self.epoch = 0
+        self.step = 0
+
+    # -- the loop (engine.train's, for K models) -------------------------------------------------
+    def run(self, start_epoch: int, momenta: list[dict], checkpoint_interval: float) -> bool:
+        """Train to the end; True when interrupted (Ctrl-C)."""
+        cfg = self.cfg
+        self.active = []  # member indices, in the order of the stack
+        for i, (m, res) in enumerate(zip(self.members, self.results)):
+            if res.steps >= self.total_steps or _done(res, m.cfg):  # resumed from its last checkpoint
+                self._end(i)
+            else:
+                self.active.append(i)
+        if not self.active:
+            return False
+        self.stack = _Stack(self.template, [self.members[i] for i in self.active], [momenta[i] for i in self.active],
+                            cfg)
+        self.step = self.results[self.active[0]].steps
+        self.epoch = start_epoch
+        self.segment_start = last_ckpt = time.perf_counter()
+        if self.step == 0:
+            self._eval()
+            self._leave(self._done_positions(), 0, save=False)
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                if self.step >= self.total_steps or not self.active:
+                    break
+                self.epoch = epoch
+                self.stack.new_epoch(cfg.lr * cfg.lr_decay**self.epoch, [self.members[i].cfg.seed for i in self.active],
+                                     self.epoch, self.steps_per_epoch)
+                done_in_epoch = 0
+                for b in range(self.steps_per_epoch):
+                    if self.step >= self.total_steps:
+                        break
+                    self.stack.step(b, [self.members[i].data for i in self.active])
+                    self.step += 1
+                    done_in_epoch += 1
+                    if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                        for i in self.active:
+                            self.results[i].steps = self.step
+                        finite = torch.isfinite(self.stack.losses[:, b]).tolist()  # the one sync, at evaluations
+                        self._leave([q for q, ok in enumerate(finite) if not ok], done_in_epoch, save=False)
+                        if not self.active:
+                            break
+                        self._eval()
+                        self._leave(self._done_positions(), done_in_epoch, save=True)
+                        if not self.active:
+                            break
+                if not self.active:
+                    break
+                losses = self.stack.losses[:, :done_in_epoch]
+                self._leave([q for q, ok in enumerate(losses.isfinite().all(1).tolist()) if not ok], done_in_epoch,
+                            save=False)
+                for q, i in enumerate(self.active):
+                    self.results[i].step_losses.extend(self.stack.losses[q, :done_in_epoch].tolist())
+                    self.results[i].steps = self.step
+                last_epoch = self.step >= self.total_steps or self.epoch + 1 == cfg.epochs
+                if self.active and (last_epoch or time.perf_counter() - last_ckpt >= checkpoint_interval):
+                    self._pause()
+                    save_checkpoints([self._checkpoint(q) for q in range(len(self.active))
+                                      if self.members[self.active[q]].checkpoint_path])
+                    self.segment_start = last_ckpt = time.perf_counter()
+        except KeyboardInterrupt:
+            for i in self.active:
+                self.results[i].status = "interrupted"
+                _finish(self.results[i], self.steps_per_epoch)
+            return True
+        for q, i in enumerate(self.active):
+            self.stack.unstack(q, self.members[i])
+            self._end(i)
+        return False
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _pause(self) -> float:
+        """Training time stops: it is added to every active member's."""
+        _sync(self.device)
+        t = time.perf_counter()
+        for i in self.active:
+            self.results[i].train_seconds += t - self.segment_start
+        return t
+
+    def _eval(self) -> None:
+        t0 = self._pause()
+        rows = self.stack.evaluate([self.members[i].data for i in self.active])
+        for i, row in zip(self.active, rows):
+            res = self.results[i]
+            record_eval(res, self.members[i].cfg, {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                                                   "seconds": res.train_seconds, "lr": self.stack.lr, **row},
+                        self.steps_per_epoch, self.eval_every)
+        self.segment_start = time.perf_counter()
+        for i in self.active:
+            self.results[i].eval_seconds += self.segment_start - t0
+
+    def _done_positions(self) -> list[int]:
+        return [q for q, i in enumerate(self.active) if _done(self.results[i], self.members[i].cfg)]
+
+    def _checkpoint(self, q: int) -> tuple[str, dict]:
+        """The checkpoint of the member at position ``q``, as engine.train writes it: (path, state)."""
+        m, res = self.members[self.active[q]], self.results[self.active[q]]
+        optimizer = self.stack.unstack(q, m)
+        return m.checkpoint_path, {
+            **(m.checkpoint_extra or {}), "epoch": self.epoch + 1, "model": m.model.state_dict(), "optimizer": optimizer,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "result": {k: getattr(res, k) for k in _RESUMED}}
+
+    def _leave(self, positions: list[int], done_in_epoch: int, save: bool) -> None:
+        """The members at these stack positions end here, as engine.train ends a run that stops
+        inside an epoch: this epoch's losses, a last checkpoint (``save``, unless they diverged),
+        their final weights into their modules."""
+        if not positions:
+            return
+        self._pause()
+        for q in positions:
+            i = self.active[q]
+            res = self.results[i]
+            epoch_losses = self.stack.losses[q, :done_in_epoch].tolist() if done_in_epoch else []
+            res.step_losses.extend(epoch_losses)
+            res.steps = self.step
+            if not all(math.isfinite(v) for v in epoch_losses):
+                res.status = "diverged"
+            elif save and self.members[i].checkpoint_path:
+                save_checkpoints([self._checkpoint(q)])
+            self.stack.unstack(q, self.members[i])
+            self._end(i)
+        keep = [q for q in range(len(self.active)) if q not in positions]
+        self.active = [self.active[q] for q in keep]
+        if keep:
+            self.stack.keep(keep)
+        self.segment_start = time.perf_counter()
+
+    def _end(self, i: int) -> None:
+        res = self.results[i]
+        if res.status not in ("diverged", "converged"):
+            res.status = "fitted" if res.time_to_fit and self.members[i].cfg.stop_on_fit else "budget"
+        _finish(res, self.steps_per_epoch)
+
+
+def _pad(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``t`` in the leading corner of zeros of ``shape``."""
+    if t.shape == shape:
+        return t.detach().clone()
+    out = t.new_zeros(shape)
+    out[tuple(slice(0, d) for d in t.shape)] = t.detach()
+    return out
+
+
+class _Stack:
+    """The active members' parameters, momentum, buffers, data and per-epoch state, stacked on a
+    leading dimension (one row per member, in the order of the batch)."""
+
+    def __init__(self, template: nn.Module, members: list[Member], momenta: list[dict], cfg: TrainConfig):
+        self.template, self.cfg = template, cfg
+        own = [dict(m.model.named_parameters()) for m in members]
+        own_buffers = [dict(m.model.named_buffers()) for m in members]
+        self.shapes = [{k: v.shape for k, v in p.items()} for p in own]
+        self.params = {k: torch.stack([_pad(p[k], t.shape) for p in own]).requires_grad_()
+                       for k, t in template.named_parameters()}
+        self.buffers = {k: torch.stack([_pad(b[k], t.shape) for b in own_buffers]) for k, t in template.named_buffers()}
+        momentum = {k: torch.stack([_pad(mo[k], t.shape) for mo in momenta])
+                    for k, t in template.named_parameters() if all(mo.get(k) is not None for mo in momenta)}
+        self.x_train = torch.stack([m.data.x_train for m in members])
+        self.y_train = torch.stack([m.data.y_train for m in members])
+        self.x_test = torch.stack([m.data.x_test for m in members])
+        self.y_test = torch.stack([m.data.y_test for m in members])
+        self.lr = cfg.lr
+        self.order = self.losses = self.gens = None
+        self.rows = torch.arange(len(members), device=self.x_train.device)[:, None]
+        self._make_optimizer(momentum)
+        self.mlp = _is_mlp(template)
+        self.vmapped = vmap(lambda p, b, x: functional_call(template, (p, b), (x,)), randomness="error")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's logits (K, B, classes) for its inputs (K, B, ...)."""
+        if not self.mlp:
+            return self.vmapped(self.params, self.buffers, x)
+        weights = list(self.params.values())  # fc1.weight, fc1.bias, ..., out.weight, out.bias
+        h = x.flatten(2)
+        for i in range(0, len(weights), 2):
+            h = torch.baddbmm(weights[i + 1].unsqueeze(1), h, weights[i].transpose(1, 2))
+            h = torch.relu(h) if i + 2 < len(weights) else h
+        return h
+
+    def _make_optimizer(self, momentum: dict) -> None:
+        """SGD as engine.make_optimizer sets it up, over the stacked tensors (a member's weights
+        are the stacked tensors of 3+ dims)."""
+        decay = [p for p in self.params.values() if p.ndim > 2]
+        no_decay = [p for p in self.params.values() if p.ndim <= 2]
+        self.opt = torch.optim.SGD([{"params": decay, "weight_decay": self.cfg.weight_decay},
+                                    {"params": no_decay, "weight_decay": 0.0}],
+                                   lr=self.lr, momentum=self.cfg.momentum, fused=True)
+        for k, buf in momentum.items():
+            self.opt.state[self.params[k]]["momentum_buffer"] = buf
+
+    def new_epoch(self, lr: float, seeds: list[int], epoch: int, steps: int) -> None:
+        """This epoch's learning rate, every member's batch order and augmentation stream."""
+        self.lr = lr
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        device = self.x_train.device
+        self.order = torch.stack([torch.randperm(self.y_train.shape[1], generator=torch.Generator().manual_seed(
+            torch_seed(s, "order", epoch))) for s in seeds]).to(device)
+        if self.cfg.augment:
+            self.gens = [torch.Generator(device=device).manual_seed(torch_seed(s, "augment", epoch)) for s in seeds]
+        self.losses = torch.empty(len(seeds), steps, device=device)
+
+    def step(self, b: int, data: list[TrainData]) -> None:
+        """One SGD step of every member on its ``b``-th batch of the epoch."""
+        bs = self.cfg.batch_size
+        idx = self.order[:, b * bs : (b + 1) * bs]
+        if self.cfg.augment:
+            xb = torch.stack([_augmented(d, i, self.cfg.augment, g) for d, i, g in zip(data, idx, self.gens)])
+        else:
+            xb = self.x_train[self.rows, idx]
+        with autocast(self.cfg, xb.device):
+            logits = self.logits(xb)
+        yb = self.y_train[self.rows, idx]
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="none").view(yb.shape).mean(1)
+        self.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()  # each model's gradient is that of its own loss
+        self.opt.step()
+        self.losses[:, b] = losses.detach()
+
+    @torch.inference_mode()
+    def _predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], torch.Tensor]:
+        """Every member's mean cross-entropy and predicted classes on its own set (eval mode)."""
+        k, n = y.shape
+        chunk = max(1, eval_batch(self.template) // k)
+        total, preds = torch.zeros(k, device=x.device, dtype=torch.float64), []
+        self.template.eval()
+        for i in range(0, n, chunk):
+            with autocast(self.cfg, x.device):
+                logits = self.logits(x[:, i : i + chunk]).float()
+            total += F.cross_entropy(logits.flatten(0, 1), y[:, i : i + chunk].flatten(),
+                                     reduction="none").view(k, -1).sum(1).double()
+            preds.append(logits.argmax(-1))
+        self.template.train()
+        return (total / max(n, 1)).tolist(), torch.cat(preds, 1)
+
+    def evaluate(self, data: list[TrainData]) -> list[dict]:
+        """engine.evaluate's numbers for every member."""
+        train_loss, p_train = self._predict(self.x_train, self.y_train)
+        test_loss, p_test = self._predict(self.x_test, self.y_test)
+        return [metrics(d, *row) for d, *row in zip(data, train_loss, p_train, test_loss, p_test)]
+
+    def keep(self, positions: list[int]) -> None:
+        """Only the members at these positions go on."""
+        idx = torch.tensor(positions, device=self.x_train.device)
+        momentum = {k: self.opt.state[p]["momentum_buffer"][idx] for k, p in self.params.items()
+                    if self.opt.state[p].get("momentum_buffer") is not None}
+        self.params = {k: p.detach()[idx].requires_grad_() for k, p in self.params.items()}
+        self.buffers = {k: b[idx] for k, b in self.buffers.items()}
+        self._make_optimizer(momentum)
+        self.rows = self.rows[: len(positions)]
+        self.shapes = [self.shapes[q] for q in positions]
+        self.x_train, self.y_train, self.x_test, self.y_test = (
+            t[idx] for t in (self.x_train, self.y_train, self.x_test, self.y_test))
+        if self.order is not None:
+            self.order, self.losses = self.order[idx], self.losses[idx]
+        if self.gens is not None:
+            self.gens = [self.gens[q] for q in positions]
+
+    def unstack(self, q: int, member: Member) -> dict:
+        """Write the weights of the member at position ``q`` into its module (its own shapes,
+        padding cut off) and return its optimizer's state dict, as engine.train checkpoints it."""
+        def own(t, shape):
+            return t[q][tuple(slice(0, d) for d in shape)].detach().clone()
+
+        shapes = self.shapes[q]
+        state = {k: own(p, shapes[k]) for k, p in self.params.items()}
+        own_buffers = dict(member.model.named_buffers())
+        state.update({k: own(b, own_buffers[k].shape) for k, b in self.buffers.items()})
+        member.model.load_state_dict(state)
+        opt = make_optimizer(member.model, member.cfg)
+        for g in opt.param_groups:
+            g["lr"] = self.lr
+        for k, p in member.model.named_parameters():
+            buf = self.opt.state[self.params[k]].get("momentum_buffer")
+            if buf is not None:
+                opt.state[p]["momentum_buffer"] = own(buf, shapes[k])
+        return opt.state_dict()
+
+
+def _is_mlp(template: nn.Module) -> bool:
+    """Whether ``template`` is a plain MLP (flatten, then linear layers with biases and ReLUs between
+    them), which runs as batched matrix products rather than under vmap."""
+    kinds = [type(m) for m in template.children() if not isinstance(m, nn.Identity)]
+    hidden = (len(kinds) - 2) // 2
+    return (isinstance(template, nn.Sequential) and kinds == [nn.Flatten] + [nn.Linear, nn.ReLU] * hidden + [nn.Linear]
+            and all(m.bias is not None for m in template.children() if isinstance(m, nn.Linear)))
+
+
+def _augmented(d: TrainData, idx: torch.Tensor, kinds: tuple[str, ...], gen: torch.Generator) -> torch.Tensor:
+    """A member's augmented batch, as TrainData.batches makes it."""
+    x = augment(d.x_train_raw[idx], kinds, d.crop, gen)
+    return standardize(x) if d.standardize else x
