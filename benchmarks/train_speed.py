@@ -3,16 +3,19 @@
     flock /tmp/rethink-cpu.lock .venv/bin/python benchmarks/train_speed.py [--quick] [--json] [--compile]
 
 1. Throughput, for each paper model (MLP 1x512, MLP 3x512, AlexNet, Inception) on CIFAR-shaped
-   synthetic data (3x28x28, 10 classes, batch 128, SGD momentum 0.9): training samples per
-   second of (a) our engine (``rethink.train.engine.train``: data resident on the device, batches
-   by index, fused SGD, no host sync per step) and (b) a conventional loop written the way typical
-   reproductions are (a per-sample Dataset whose ``__getitem__`` converts and standardizes one
-   uint8 image, a DataLoader with shuffling, the default SGD, ``.item()`` every step); their
-   ratio; and our achieved FLOP/s as a fraction of this machine's float32 peak. The peak is the
-   best of several 4096x4096 ``torch.mm`` calls with the training thread count, measured in the
-   same run; a step's FLOPs count the forward, the weight gradients and the input gradients of
-   every layer but the first (``rethink.train.flops``). The two sides alternate in rounds and each
-   keeps its best round, so a burst of load elsewhere on the machine hits neither unfairly.
+   synthetic data (random 32x32x3 uint8 images, centre-cropped to 28x28 and standardized per image;
+   10 classes, batch 128, SGD momentum 0.9): training samples per second of
+   (a) our engine (``rethink.train.engine.train``: the images preprocessed once and resident on the
+       device, batches by index, fused SGD, no host sync per step), and
+   (b) a conventional loop written the way typical reproductions are (after
+       github.com/pluskid/fitting-random-labels: a per-sample Dataset whose ``__getitem__`` makes a
+       PIL image, crops, converts and standardizes it; a shuffling DataLoader with one worker
+       process; the default SGD; ``.item()`` every step);
+   their ratio; and our achieved FLOP/s as a fraction of this machine's float32 peak. The peak is
+   the best of several 4096x4096 ``torch.mm`` calls with the training thread count, measured in
+   the same run; a step's FLOPs count the forward, the weight gradients and the input gradients
+   of every layer but the first (``rethink.train.flops``). The two sides alternate in rounds and
+   each keeps its best round, so a burst of load elsewhere on the machine hits neither unfairly.
 2. Time to fit, end to end (data loading included): MLP 1x512 on 10,000 Fashion-MNIST images with
    random labels, SGD lr 0.01 momentum 0.9 batch 128 constant rate, until 100% training accuracy;
    ours (``rethink.run``) against the conventional loop on the same images, labels and
@@ -34,6 +37,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import rethink
@@ -45,6 +49,7 @@ from rethink.train.flops import step_flops
 
 SHAPE = (3, 28, 28)
 BATCH = 128
+WORKERS = 1  # the conventional loop's DataLoader processes, as github.com/pluskid/fitting-random-labels
 # Steps per timed round (full, --quick).
 STEPS = {"mlp1x512": (60, 30), "mlp3x512": (60, 30), "alexnet": (10, 5), "inception": (4, 2)}
 ROUNDS = (3, 2)
@@ -70,23 +75,30 @@ def peak_flops(repeats: int = 5) -> float:
 # -- the conventional loop ----------------------------------------------------------------------
 
 class PerSampleImages(Dataset):
-    """uint8 (N, H, W, C) images converted and standardized one at a time, as torchvision's
-    ``ToTensor`` plus a per-image standardization transform would."""
+    """A dataset as torchvision-based reproductions write one: uint8 (N, H, W, C) images, each item
+    made a PIL image, centre-cropped to ``crop``, converted to a float tensor (``ToTensor``) and
+    standardized per image, one at a time."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
+    def __init__(self, images: np.ndarray, labels: np.ndarray, crop: int | None = None):
+        self.images, self.labels, self.crop = images, labels, crop
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, i):
-        x = torch.from_numpy(self.images[i]).permute(2, 0, 1).float().div(255)
+        img = Image.fromarray(self.images[i].squeeze(-1) if self.images.shape[-1] == 1 else self.images[i])
+        if self.crop:
+            left, top = (img.width - self.crop) // 2, (img.height - self.crop) // 2
+            img = img.crop((left, top, left + self.crop, top + self.crop))
+        x = torch.from_numpy(np.array(img, dtype=np.uint8)).reshape(img.height, img.width, -1)
+        x = x.permute(2, 0, 1).float().div(255)
         x = (x - x.mean()) / torch.clamp(x.std(unbiased=False), min=1 / math.sqrt(x.numel()))
         return x, int(self.labels[i])
 
 
-def conventional_steps(model, loader, opt, steps: int | None = None) -> tuple[float, float]:
-    """Train over ``loader`` (at most ``steps`` batches); the mean loss and accuracy, synced every step."""
+def conventional_steps(model, loader, opt, steps: int | None = None, clock: list | None = None) -> tuple[float, float]:
+    """Train over ``loader`` (at most ``steps`` batches); the mean loss and accuracy, synced every
+    step. ``clock`` gets the time after every step."""
     model.train()
     total = correct = seen = 0
     for step, (x, y) in enumerate(loader):
@@ -100,6 +112,8 @@ def conventional_steps(model, loader, opt, steps: int | None = None) -> tuple[fl
         total += loss.item() * len(y)
         correct += (out.argmax(1) == y).sum().item()
         seen += len(y)
+        if clock is not None:
+            clock.append(time.perf_counter())
     return total / seen, correct / seen
 
 
@@ -126,29 +140,32 @@ def fresh_model(name: str) -> torch.nn.Module:
 
 
 def ours_round(model, data: TrainData, steps: int, compile_: bool) -> float:
-    cfg = TrainConfig(lr=0.01, lr_decay=1.0, epochs=1, max_steps=steps, stop_on_fit=False, compile=compile_)
+    cfg = TrainConfig(lr=0.01, lr_decay=1.0, epochs=1, max_steps=steps, eval_every=steps, stop_on_fit=False,
+                      compile=compile_)
     res = train(model, data, cfg)
     return steps * BATCH / res.train_seconds
 
 
 def baseline_round(model, loader, steps: int) -> float:
+    """Samples per second over ``steps`` steps, timed from the end of the first (which waits for
+    the loader's worker to start)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    conventional_steps(model, loader, opt, 2)  # warm-up
-    t = time.perf_counter()
-    conventional_steps(model, loader, opt, steps)
-    return steps * BATCH / (time.perf_counter() - t)
+    clock = []
+    conventional_steps(model, loader, opt, steps + 1, clock)
+    return steps * BATCH / (clock[-1] - clock[0])
 
 
 def throughput(name: str, steps: int, rounds: int, peak: float, compile_: bool, log) -> dict:
     rng = np.random.default_rng(0)
-    n = steps * BATCH
-    images = rng.integers(0, 256, (n, *SHAPE[1:], SHAPE[0]), dtype=np.uint8)
+    n = (steps + 1) * BATCH
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # CIFAR-10's images, cropped to 28x28
     labels = rng.integers(0, 10, n)
-    x = torch.stack([PerSampleImages(images, labels)[i][0] for i in range(n)])
+    dataset = PerSampleImages(images, labels, crop=SHAPE[-1])
+    x = torch.stack([dataset[i][0] for i in range(n)])  # ours: the same images, preprocessed once
     y = torch.as_tensor(labels)
     data = TrainData(x_train=x, y_train=y, x_test=x[:BATCH], y_test=y[:BATCH], y_train_true=y,
                      changed=torch.zeros(n, dtype=torch.bool))
-    loader = DataLoader(PerSampleImages(images, labels), batch_size=BATCH, shuffle=True)
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS)
     ours_model, base_model = fresh_model(name), fresh_model(name)
     ours_round(ours_model, data, 2, compile_)  # warm-up (and compilation)
     ours = base = 0.0
@@ -182,9 +199,9 @@ def baseline_fit() -> dict:
     test_set = PerSampleImages(to_uint8_hwc(ds.x_test), ds.y_test)
     model = api.build_model(spec, prepared.input_shape, prepared.num_classes)
     torch.manual_seed(0)
-    loader = DataLoader(train_set, batch_size=BATCH, shuffle=True)
-    train_eval = DataLoader(train_set, batch_size=1000)
-    test_eval = DataLoader(test_set, batch_size=1000)
+    loader = DataLoader(train_set, batch_size=BATCH, shuffle=True, num_workers=WORKERS)
+    train_eval = DataLoader(train_set, batch_size=BATCH, num_workers=WORKERS)
+    test_eval = DataLoader(test_set, batch_size=BATCH, num_workers=WORKERS)
     opt = torch.optim.SGD(model.parameters(), lr=spec.resolved_lr, momentum=0.9)
     for epoch in range(1, spec.epochs + 1):
         conventional_steps(model, loader, opt)

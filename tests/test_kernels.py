@@ -64,8 +64,12 @@ def test_ridge_solves_the_regularized_system():
     kernel = Kernel("gaussian", 4.0)
     data = KernelData.from_inputs(kernel, x, x.mean(0))
     sol = interpolate(kernel, data, y, ridge=0.5)
-    reference = torch.linalg.solve(dense(kernel, data) + 0.5 * torch.eye(200, dtype=torch.float64), y)
+    k = dense(kernel, data)
+    reference = torch.linalg.solve(k + 0.5 * torch.eye(200, dtype=torch.float64), y)
     assert torch.allclose(sol.alpha, reference, rtol=1e-8, atol=1e-10)
+    assert sol.residual(y) < 1e-10
+    assert torch.allclose(sol.k_alpha, k @ reference, atol=1e-9)  # the fit, without the ridge term
+    assert sol.rkhs_norm() == pytest.approx(float(torch.sqrt((reference * (k @ reference)).sum())), rel=1e-8)
 
 
 def test_linear_kernel_interpolant_is_the_pseudo_inverse_solution():
@@ -138,12 +142,11 @@ def test_memory_guard_names_the_largest_n_that_fits(monkeypatch, huge_pages):
 
 def test_memory_guard_refuses_before_building_in_the_command(monkeypatch, capsys):
     monkeypatch.setattr(budget, "_huge_pages_always", lambda: False)
-    monkeypatch.setattr(budget, "available_bytes", lambda: 160_000_000)  # room for about 1,160 points
+    room = budget.memory_needed(1200, 64, 360, 10)  # digits: d = 64, 360 test images, 10 classes
+    monkeypatch.setattr(budget, "available_bytes", lambda: room)
     assert main(["kernel", "--dataset", "digits", "--quiet"]) == 2
     err = capsys.readouterr().err
-    max_n = budget.largest_n(64, 360, 10, 160_000_000)
-    assert 1000 < max_n < 1437
-    assert err.startswith("rethink: error: n = 1,437 needs about") and f"use --train-size {max_n} or less" in err
+    assert err.startswith("rethink: error: n = 1,437 needs about") and "use --train-size 1200 or less" in err
 
 
 def test_random_conv_features_shape_determinism_and_batches(monkeypatch):

@@ -241,7 +241,6 @@ def execute(
     """
     device = distributed.setup(resolve_device(spec.device))  # under torchrun: join the ranks
     set_deterministic(device)
-    torch.set_flush_denormal(True)
     prepared = prepare(spec, device)
     distributed.check_batches(len(prepared.data.y_train), spec.batch_size)
     checksum = prepared.dataset.checksum

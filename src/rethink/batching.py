@@ -117,7 +117,6 @@ def execute_group(group: GroupJob) -> list[api.RunResult]:
     specs = [job.spec for job in group.jobs]
     device = api.resolve_device(specs[0].device)
     api.set_deterministic(device)
-    torch.set_flush_denormal(True)
     members, prepared = [], []
     for job in group.jobs:
         p = api.prepare(job.spec, device)

@@ -35,7 +35,7 @@ def norm_vs_noise(cfg: KernelConfig, ps=DEFAULT_PS, log=print, progress: Progres
         rows.append({"p": p, "changed": float((y != inputs.raw.y_train).mean()),
                      "train_error": error_rate(s.k_alpha[:, cols], y),
                      "test_error": error_rate(f.test_scores[:, cols], inputs.y_test), "rkhs_norm": s.rkhs_norm(cols),
-                     "residual": float((s.k_alpha[:, cols] - f.y[:, cols]).norm() / f.y[:, cols].norm())})
+                     "residual": s.residual(f.y, cols)})
     n, seconds = len(inputs.x_train), time.perf_counter() - t0
     caption = (f"{cfg.dataset}, {n:,} training / {len(inputs.x_test):,} test points, features {cfg.features}, "
                f"kernel {f.kernel.describe()}, ridge {cfg.ridge:g}, seed {cfg.seed}: the minimum-norm interpolant of "

@@ -45,6 +45,7 @@ from .engine import (
     metrics,
     record_eval,
     save_checkpoints,
+    speed_settings,
 )
 
 # Settings every model of a batch shares (they step together); the others may differ per model.
@@ -78,6 +79,7 @@ def train_batched(members: list[Member], *, template: nn.Module | None = None,
             if getattr(m.cfg, name) != getattr(members[0].cfg, name):
                 raise ValueError(f"the models of a batch must share {name}: {getattr(m.cfg, name)!r} != "
                                  f"{getattr(members[0].cfg, name)!r}")
+    speed_settings()
     template = copy.deepcopy(template if template is not None else members[0].model).to("meta")
     restored = [_restore(m) for m in members]
     results = [res for res, _, _ in restored]

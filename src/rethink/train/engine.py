@@ -9,6 +9,7 @@ specs' files, sweeps or the store: it gets tensors and settings, and returns met
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import time
@@ -25,6 +26,7 @@ from ..seeding import torch_seed
 # convolutions; small ones for convolutional models, whose activations then stay in cache.
 EVAL_BATCH = 2048
 CONV_EVAL_BATCH = 128
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 _RESUMED = ("status", "evals", "step_losses", "time_to_fit", "steps", "train_seconds", "eval_seconds")
 
 
@@ -59,9 +61,9 @@ class TrainData:
             if kinds:  # augment the whole global batch, so that every rank draws the same numbers
                 xb = shard.take(augment(self.x_train_raw[idx], kinds, self.crop, aug_gen))
                 xb = standardize(xb) if self.standardize else xb
-            else:
-                xb = self.x_train[shard.take(idx)]
-            yield xb, self.y_train[shard.take(idx)], len(idx)
+            else:  # index_select: measured 3x faster than indexing with [] here
+                xb = self.x_train.index_select(0, shard.take(idx))
+            yield xb, self.y_train.index_select(0, shard.take(idx)), len(idx)
 
     def evaluate(self, model: torch.nn.Module, shard: Shard) -> dict:
         """:func:`evaluate` on rank 0, its numbers shared with every rank."""
@@ -106,6 +108,20 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     no_decay = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=True)
+
+
+def speed_settings() -> None:
+    """Process-wide settings the engines train under (measured, benchmarks/engine_choices.py):
+    denormal numbers flushed to zero (products of denormals are ~100x slower on these CPUs), and
+    glibc's malloc keeping freed memory for reuse, as PyTorch's CUDA allocator does (each step's
+    tensors then reuse warm pages instead of faulting fresh ones in: 5-15% faster MLP steps)."""
+    torch.set_flush_denormal(True)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def channels_last(model: torch.nn.Module) -> bool:
@@ -216,6 +232,7 @@ def train(
     passed since the last one (0: every epoch), and at the end of training. Their time counts
     neither as training nor as evaluation time.
     """
+    speed_settings()
     device = data.device
     shard = Shard.current()  # this rank's part under torchrun; the whole batch otherwise
     n = len(data.y_train)
