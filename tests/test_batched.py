@@ -78,6 +78,9 @@ def test_batched_models_follow_their_solo_trajectories(tmp_path):
     assert together[0].step_losses != together[1].step_losses  # independent models, not copies
 
 
+@pytest.mark.xfail(reason="known defect: batched batch-norm models drift from their solo trajectories beyond 1e-3 "
+                          "after ~15 steps; the sweep rule keeps batch-norm models out of batches until fixed",
+                   strict=True)
 def test_batch_norm_and_augmentation(tmp_path):
     """A narrow Inception (batch-norm statistics are stacked too) with random crops and flips."""
     base = {**BASE, "model": "inception", "width": 0.0625, "epochs": 8, "augment": ("crop", "flip"), "lr": 0.01}
@@ -164,6 +167,7 @@ def test_the_rule_groups_small_models_and_leaves_the_rest_alone():
     assert isinstance(planned[0], GroupJob) and [j.spec for j in planned[0].jobs] == small
     assert [p.spec for p in planned[1:]] == wide + dropout + other_rate
     assert group_key(dropout[0]) is None and group_key(wide[0]) is None
+    assert group_key(RunSpec(**{**BASE, "model": "inception", "width": 0.0625})) is None  # batch norm: alone
 
 
 def test_sweep_records_batching_and_can_switch_it_off(tmp_path):

@@ -52,7 +52,7 @@ class GroupJob:
 def group_key(spec: RunSpec) -> tuple | None:
     """Runs with equal keys may share a batch; None: this run trains alone."""
     if (spec.dropout or ":" in spec.model or getattr(spec, "stream", False) or distributed.world_size() > 1
-            or not small_enough([spec])):
+            or has_batch_norm(spec) or not small_enough([spec])):
         return None
     mlp_depth = len(_hidden(_meta_model(spec, (1, 1, 1), 2))) if spec.model in MLPS else None
     varying = PER_MODEL + (MLP_SHAPE if mlp_depth is not None else ())
@@ -76,15 +76,26 @@ def plan(jobs: list) -> list:
     return planned
 
 
+def has_batch_norm(spec: RunSpec) -> bool:
+    """Batch-norm models train alone for now: batched, their trajectories drift from the solo ones
+    beyond float tolerance within a few dozen steps (tests/test_batched.py, marked xfail)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in _meta_model(spec, *_input(spec)).modules())
+
+
+def _input(spec: RunSpec) -> tuple:
+    """The spec's input shape (after the crop) and number of classes."""
+    ds = api._load(spec.dataset, spec.data_dir)
+    c, h, w = ds.x_train.shape[1:]
+    crop = api.resolve_crop(spec.crop, w)
+    return ((c, crop, crop) if crop else (c, h, w)), ds.num_classes
+
+
 def small_enough(specs: list[RunSpec]) -> bool:
     """Whether one training step of the specs' model (padded to the widest, when they differ) needs
     at most ``MAX_STEP_FLOPS`` on their device."""
     spec = specs[0]
-    ds = api._load(spec.dataset, spec.data_dir)
-    c, h, w = ds.x_train.shape[1:]
-    crop = api.resolve_crop(spec.crop, w)
-    shape = (c, crop, crop) if crop else (c, h, w)
-    template = _template([_meta_model(s, shape, ds.num_classes) for s in specs], shape, ds.num_classes)
+    shape, num_classes = _input(spec)
+    template = _template([_meta_model(s, shape, num_classes) for s in specs], shape, num_classes)
     cuda = spec.device.startswith("cuda") or (spec.device == "auto" and torch.cuda.is_available())
     return step_flops(template, shape, spec.batch_size) <= MAX_STEP_FLOPS["cuda" if cuda else "cpu"]
 

@@ -303,7 +303,7 @@ class _Stack:
         h = x.flatten(2)
         for i in range(0, len(weights), 2):
             h = torch.baddbmm(weights[i + 1].unsqueeze(1), h, weights[i].transpose(1, 2))
-            h = torch.relu(h) if i + 2 < len(weights) else h
+            h = h.relu_() if i + 2 < len(weights) else h  # in place: baddbmm's backward needs no output
         return h
 
     def _make_optimizer(self, momentum: dict) -> None:
@@ -333,13 +333,14 @@ class _Stack:
         """One SGD step of every member on its ``b``-th batch of the epoch."""
         bs = self.cfg.batch_size
         idx = self.order[:, b * bs : (b + 1) * bs]
+        flat = (self.rows * self.y_train.shape[1] + idx).flatten()  # rows of the stacked sets, one index_select
+        yb = self.y_train.flatten().index_select(0, flat).view(idx.shape)
         if self.cfg.augment:
             xb = torch.stack([_augmented(d, i, self.cfg.augment, g) for d, i, g in zip(data, idx, self.gens)])
         else:
-            xb = self.x_train[self.rows, idx]
+            xb = self.x_train.flatten(0, 1).index_select(0, flat).view(*idx.shape, *self.x_train.shape[2:])
         with autocast(self.cfg, xb.device):
             logits = self.logits(xb)
-        yb = self.y_train[self.rows, idx]
         losses = F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="none").view(yb.shape).mean(1)
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # each model's gradient is that of its own loss
