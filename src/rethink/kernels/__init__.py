@@ -14,7 +14,7 @@ from .experiment import KernelConfig, KernelResult, run_kernel
 from .functions import KERNELS, Kernel, default_bandwidth
 from .linear_sgd import LinearSGDConfig, linear_sgd
 from .noise import norm_vs_noise
-from .solve import KernelData, cholesky_, cho_solve, interpolate, kernel_matmul
+from .solve import KernelData, cho_solve, cholesky_, interpolate, kernel_matmul
 
 __all__ = ["KERNELS", "Kernel", "KernelConfig", "KernelData", "KernelResult", "LinearSGDConfig", "cho_solve",
            "cholesky_", "default_bandwidth", "interpolate", "kernel_matmul", "linear_sgd", "norm_vs_noise",

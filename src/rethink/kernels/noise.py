@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 from ..errors import UserError
 from ..report import Figure, Output, Table
-from .experiment import KernelConfig, error_rate, corrupted_labels, fit, load_inputs, peak_memory_gb
+from .experiment import KernelConfig, corrupted_labels, error_rate, fit, load_inputs, peak_memory_gb
 from .solve import Progress, no_progress
 
 DEFAULT_PS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
