@@ -12,7 +12,8 @@ Layout, for depth k >= 3 and G = k - 2 groups of about n / G of the n hidden uni
 * the output layer adds group G's contributions to the last pair's difference.
 
 So the deep network computes exactly the same function as the two-layer one, everywhere, not only
-on the sample; with exact projections its units even take exactly the same values. Layers are
+on the sample; on lattice data (exact projections and differences) its units take exactly the same
+values, otherwise each differs by the rounding of two more subtractions. Layers are
 stored sparse: each holds only its structural nonzeros, and those (plus the biases) are what
 ``num_params`` counts: d + 1 plus, per unit, one weight and one bias in and K (last group) or 2K
 (earlier groups) weights out, plus O(k K): between d + 3n and d + 4n + O(k) for one output.
