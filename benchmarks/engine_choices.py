@@ -5,7 +5,8 @@
 Trains the paper's models with ``rethink.train.engine.train`` on CIFAR-shaped synthetic data
 (3x28x28, batch 128) and prints training samples per second for:
 
-- the optimizer step: fused SGD (the engine's) against foreach and the plain per-tensor loop;
+- the MLP training step: the fused step of ``rethink.train.fused_mlp`` (the engine's) against
+  autograd with fused SGD, foreach SGD and the plain per-tensor loop;
 - channels_last memory format for the convolutional models (model, or model and data) against
   the default layout;
 - ``torch.compile`` (``--compile``) against eager;
@@ -76,16 +77,18 @@ def optimizers(name: str, steps: int, rounds: int) -> None:
             return opt
 
         def run():
-            engine.make_optimizer = make
+            engine.make_optimizer, engine.FUSED_MLP = make, False
             try:
                 return samples_per_s(m, d, steps)
             finally:
-                engine.make_optimizer = make_optimizer
+                engine.make_optimizer, engine.FUSED_MLP = make_optimizer, True
         return run
 
     m, d = model(name), data(steps * 128)
     samples_per_s(m, d, 2)
-    show(f"{name}, SGD step (samples/s)", best_of({k: with_sgd(k) for k in ("fused", "foreach", "for-loop")}, rounds))
+    show(f"{name}, training step (samples/s)", best_of({
+        "fused MLP step": lambda: samples_per_s(m, d, steps),
+        **{f"autograd + {k} SGD": with_sgd(k) for k in ("fused", "foreach", "for-loop")}}, rounds))
 
 
 def memory_format(name: str, steps: int, rounds: int) -> None:

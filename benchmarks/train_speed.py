@@ -10,12 +10,15 @@
    (b) a conventional loop written the way typical reproductions are (after
        github.com/pluskid/fitting-random-labels: a per-sample Dataset whose ``__getitem__`` makes a
        PIL image, crops, converts and standardizes it; a shuffling DataLoader with one worker
-       process; the default SGD; ``.item()`` every step);
+       process; the default SGD; ``.item()`` every step; AlexNet with PyTorch's
+       ``nn.LocalResponseNorm`` where ours has its faster equivalent, the same function);
    their ratio; and our achieved FLOP/s as a fraction of this machine's float32 peak. The peak is
-   the best of several 4096x4096 ``torch.mm`` calls with the training thread count, measured in
-   the same run; a step's FLOPs count the forward, the weight gradients and the input gradients
-   of every layer but the first (``rethink.train.flops``). The two sides alternate in rounds and
-   each keeps its best round, so a burst of load elsewhere on the machine hits neither unfairly.
+   the best of three 4096x4096 ``torch.mm`` calls with the training thread count, measured just
+   before each round (the machine's speed drifts over minutes); a step's FLOPs count the forward,
+   the weight gradients and the input gradients of every layer but the first
+   (``rethink.train.flops``). The two sides alternate in rounds and each keeps its best round (the
+   fraction: its best round against that round's peak), so a burst of load elsewhere on the
+   machine hits neither unfairly.
 2. Time to fit, end to end (data loading included): MLP 1x512 on 10,000 Fashion-MNIST images with
    random labels, SGD lr 0.01 momentum 0.9 batch 128 constant rate, until 100% training accuracy;
    ours (``rethink.run``) against the conventional loop on the same images, labels and
@@ -43,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 import rethink
 from rethink import api
 from rethink.models import build
+from rethink.models.alexnet import LocalResponseNorm
 from rethink.spec import RunSpec
 from rethink.train.engine import TrainConfig, TrainData, train
 from rethink.train.flops import step_flops
@@ -134,9 +138,17 @@ def to_uint8_hwc(x: np.ndarray) -> np.ndarray:
 
 # -- throughput -----------------------------------------------------------------------------------
 
-def fresh_model(name: str) -> torch.nn.Module:
+def fresh_model(name: str, typical: bool = False) -> torch.nn.Module:
+    """The model, with the same initial weights for both sides; ``typical``: as reproductions
+    write it, with PyTorch's ``nn.LocalResponseNorm`` in AlexNet instead of ours."""
     torch.manual_seed(0)
-    return build(name, SHAPE, 10)
+    model = build(name, SHAPE, 10)
+    if typical:
+        for parent in list(model.modules()):
+            for child_name, child in parent.named_children():
+                if isinstance(child, LocalResponseNorm):
+                    setattr(parent, child_name, torch.nn.LocalResponseNorm(child.size, child.alpha, child.beta, child.k))
+    return model
 
 
 def ours_round(model, data: TrainData, steps: int, compile_: bool) -> float:
@@ -155,7 +167,7 @@ def baseline_round(model, loader, steps: int) -> float:
     return steps * BATCH / (clock[-1] - clock[0])
 
 
-def throughput(name: str, steps: int, rounds: int, peak: float, compile_: bool, log) -> dict:
+def throughput(name: str, steps: int, rounds: int, compile_: bool, log) -> dict:
     rng = np.random.default_rng(0)
     n = (steps + 1) * BATCH
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # CIFAR-10's images, cropped to 28x28
@@ -166,14 +178,17 @@ def throughput(name: str, steps: int, rounds: int, peak: float, compile_: bool, 
     data = TrainData(x_train=x, y_train=y, x_test=x[:BATCH], y_test=y[:BATCH], y_train_true=y,
                      changed=torch.zeros(n, dtype=torch.bool))
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS)
-    ours_model, base_model = fresh_model(name), fresh_model(name)
+    ours_model, base_model = fresh_model(name), fresh_model(name, typical=True)
+    flops = step_flops(ours_model, SHAPE, BATCH) / BATCH  # per sample
     ours_round(ours_model, data, 2, compile_)  # warm-up (and compilation)
-    ours = base = 0.0
+    ours = base = fraction = 0.0
     for r in range(rounds):
-        ours = max(ours, ours_round(ours_model, data, steps, compile_))
+        peak = peak_flops(3)  # the peak beside each round: the machine's speed drifts between rounds
+        now = ours_round(ours_model, data, steps, compile_)
+        ours, fraction = max(ours, now), max(fraction, now * flops / peak)
         base = max(base, baseline_round(base_model, loader, steps))
-        log(f"  {name} round {r + 1}: ours {ours:,.0f} samples/s, conventional {base:,.0f} (best so far)")
-    fraction = step_flops(ours_model, SHAPE, BATCH) * ours / BATCH / peak
+        log(f"  {name} round {r + 1}: ours {now:,.0f} samples/s ({100 * now * flops / peak:.1f}% of "
+            f"{peak / 1e9:.0f} GFLOP/s), conventional {base:,.0f} (best so far)")
     return {"model": name, "ours_samples_per_s": round(ours, 1), "baseline_samples_per_s": round(base, 1),
             "ratio": round(ours / base, 2), "peak_fraction": round(fraction, 3)}
 
@@ -225,15 +240,10 @@ def main(argv=None) -> int:
 
     torch.set_flush_denormal(True)
     threads = torch.get_num_threads()
-    peak = peak_flops()
-    log(f"torch {torch.__version__}, {threads} threads, float32 peak {peak / 1e9:.0f} GFLOP/s "
-        f"(best of 5 torch.mm 4096x4096){', ours compiled' if args.compile else ''}")
+    log(f"torch {torch.__version__}, {threads} threads; float32 peak: the best of 3 torch.mm 4096x4096 before each "
+        f"round{'; ours compiled' if args.compile else ''}")
     q = 1 if args.quick else 0
-    rows = [throughput(name, STEPS[name][q], ROUNDS[q], peak, args.compile, log) for name in STEPS]
-    peak = max(peak, peak_flops())  # the best seen before and after
-    for row in rows:
-        row["peak_fraction"] = round(row["ours_samples_per_s"] * step_flops(fresh_model(row["model"]), SHAPE, BATCH)
-                                     / BATCH / peak, 3)
+    rows = [throughput(name, STEPS[name][q], ROUNDS[q], args.compile, log) for name in STEPS]
     log("\n| model | ours (samples/s) | conventional (samples/s) | ratio | ours, fraction of float32 peak |")
     log("|---|---|---|---|---|")
     for r in rows:

@@ -11,6 +11,7 @@ from torch.func import functional_call, stack_module_state
 
 from rethink.errors import UserError
 from rethink.models import build, describe, model_names, num_params, options_of
+from rethink.models.alexnet import LocalResponseNorm
 from rethink.models.inception import ShiftBatchNorm2d
 
 PAPER_COUNTS = {
@@ -111,10 +112,11 @@ def test_shift_batchnorm_learns_shift():
 
 def test_alexnet_lrn_constants_and_layers():
     model = build("alexnet", (3, 28, 28), 10)
-    lrns = [m for m in model.modules() if isinstance(m, nn.LocalResponseNorm)]
+    lrns = [m for m in model.modules() if isinstance(m, LocalResponseNorm)]
     assert len(lrns) == 2
     for lrn in lrns:
-        assert (lrn.size, lrn.alpha, lrn.beta, lrn.k) == (9, 0.001, 0.75, 1.0)
+        assert (lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.band.shape[0]) == (9, 0.001, 0.75, 1.0, 64)
+    assert not any("band" in k for k in model.state_dict())  # a constant, not part of checkpoints
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size, c.padding, c.bias is not None) for c in convs] == [
         (64, (5, 5), (2, 2), True)
@@ -123,6 +125,21 @@ def test_alexnet_lrn_constants_and_layers():
     assert [(p.kernel_size, p.stride, p.padding) for p in pools] == [(3, 2, 1)] * 2
     linears = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears == [384, 192, 10]
+
+
+@pytest.mark.parametrize("channels", [5, 64])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_local_response_norm_equals_pytorchs(channels, layout):
+    """The banded-convolution LRN computes nn.LocalResponseNorm's numbers and gradients, also with
+    fewer channels than the window and near the edges."""
+    g = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(16, channels, 7, 7, generator=g)).contiguous(memory_format=layout).requires_grad_()
+    ours, torchs = LocalResponseNorm(channels), nn.LocalResponseNorm(9, 0.001, 0.75, 1.0)
+    a, b = ours(x), torchs(x)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    w = torch.randn(a.shape, generator=g)
+    ga, gb = (torch.autograd.grad((y * w).sum(), x)[0] for y in (a, b))
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
 
 
 def test_mlp_hidden_option():

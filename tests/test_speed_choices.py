@@ -1,7 +1,6 @@
-"""The engine's speed choices leave the numbers as they were, to float tolerance: fused SGD,
-channels_last convolutions, evaluation in large batches, torch.compile, and autocast (a no-op on
-CPU). Speed itself is
-measured by benchmarks/, never asserted here."""
+"""The engine's speed choices leave the numbers as they were, to float tolerance: the fused MLP
+step, fused SGD, channels_last convolutions, evaluation in large batches, torch.compile, and
+autocast (a no-op on CPU). Speed itself is measured by benchmarks/, never asserted here."""
 
 from __future__ import annotations
 
@@ -13,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from rethink import api
+from rethink.models import build
 from rethink.spec import RunSpec
-from rethink.train import engine
+from rethink.train import engine, fused_mlp
 
 SPEC = RunSpec(dataset="digits", train_size=300, model="mlp1x512", lr=0.1, lr_decay=0.9, weight_decay=5e-4, epochs=20,
                stop_on_fit=False, randomize="partial-labels", p=0.5, device="cpu")
@@ -34,7 +34,52 @@ def close(a, b, rtol, rounding_steps=0):
     np.testing.assert_allclose([e["train_loss"] for e in a.evals], [e["train_loss"] for e in b.evals], rtol=rtol)
 
 
+@pytest.mark.parametrize("spec", [SPEC, SPEC.replace(model="mlp3x512", width=0.25, momentum=0.5, epochs=10)],
+                         ids=["mlp1x512", "mlp3x128"])
+def test_fused_mlp_step_matches_autograd_and_sgd(monkeypatch, spec):
+    fused, fused_model = trained(spec)
+    monkeypatch.setattr(engine, "FUSED_MLP", False)
+    plain, plain_model = trained(spec)
+    assert fused.step_losses != plain.step_losses  # two paths were taken (they sum in other orders)
+    close(fused, plain, rtol=1e-5)
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_mlp_step_applies_to_plain_mlps_only():
+    shape = (1, 8, 8)
+    def opt(m):
+        return engine.make_optimizer(m, api.train_config(SPEC))
+
+    for name, kwargs, plain in [("mlp1x512", {}, True), ("mlp3x512", {}, True), ("mlp1x512", {"dropout": 0.1}, False),
+                                ("alexnet", {"width": 0.125}, False)]:
+        model = build(name, shape, 10, **kwargs)
+        assert (fused_mlp.fused_step(model, opt(model)) is not None) == plain, name
+    model = build("mlp1x512", shape, 10)
+    nesterov = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    assert fused_mlp.fused_step(model, nesterov) is None
+
+
+def test_fused_mlp_checkpoints_resume_on_the_autograd_path(tmp_path, monkeypatch):
+    spec = SPEC.replace(epochs=12)
+    whole, _ = trained(spec)
+    path = str(tmp_path / "ck.pt")
+    p = api.prepare(spec, torch.device("cpu"))
+    model = api.build_model(spec, p.input_shape, p.num_classes)
+    cut = engine.train(model, p.data, dataclasses.replace(api.train_config(spec), max_steps=18), checkpoint_path=path)
+    state = torch.load(path, weights_only=False)
+    assert cut.steps == 18 and state["epoch"] == 6
+    buffers = state["optimizer"]["state"].values()
+    assert len(buffers) == 4 and all("momentum_buffer" in s for s in buffers)
+    monkeypatch.setattr(engine, "FUSED_MLP", False)
+    model = api.build_model(spec, p.input_shape, p.num_classes)
+    resumed = engine.train(model, p.data, api.train_config(spec), resume=state)
+    assert len(resumed.step_losses) == len(whole.step_losses) == 36
+    close(whole, resumed, rtol=1e-5)
+
+
 def test_fused_sgd_matches_the_foreach_and_plain_steps(monkeypatch):
+    monkeypatch.setattr(engine, "FUSED_MLP", False)  # the optimizer's own step
     fused, model = trained()
     real = engine.make_optimizer
     assert all(g["fused"] for g in real(model, api.train_config(SPEC)).param_groups)

@@ -8,15 +8,20 @@ Pooling uses ``padding=1`` so every pool maps a side of ``n`` to ``ceil(n / 2)``
 (with -inf) where TF pads the odd pixel at the bottom/right, so windows sit one pixel earlier on
 even inputs; shapes and parameter counts are identical.
 
-``LocalResponseNorm(size=9, alpha=0.001, beta=0.75, k=1)``: PyTorch divides ``alpha`` by
-``size``, so this equals the tutorial's ``tf.nn.lrn(depth_radius=4, bias=1, alpha=0.001/9,
-beta=0.75)``.
+Local response normalization: x / (k + alpha / size * sum of x^2 over a window of ``size``
+channels)^beta with size 9, alpha 0.001, beta 0.75, k 1, which is ``nn.LocalResponseNorm(9, 0.001,
+0.75, 1)`` (PyTorch divides ``alpha`` by ``size``) and the tutorial's ``tf.nn.lrn(depth_radius=4,
+bias=1, alpha=0.001/9, beta=0.75)``. :class:`LocalResponseNorm` computes the window sums as a 1x1
+convolution with a fixed 0/1 band matrix instead of PyTorch's padded 3-d average pool: the same
+numbers to float rounding (tests/test_models.py), 2.5-3x faster forward and backward on CPU.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rethink.models._common import check_dropout, check_input, check_width, dropout_layer, scaled
@@ -25,6 +30,27 @@ LRN_SIZE = 9
 LRN_ALPHA = 0.001
 LRN_BETA = 0.75
 LRN_K = 1.0
+
+
+class LocalResponseNorm(nn.Module):
+    """``nn.LocalResponseNorm(size, alpha, beta, k)`` for ``channels`` channels, with the sums of
+    squares over each channel window taken by a 1x1 convolution with a band of ones."""
+
+    def __init__(self, channels: int, size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA,
+                 k: float = LRN_K):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        out, inp = torch.arange(channels)[:, None], torch.arange(channels)[None, :]
+        # channel c sums channels c - size // 2 .. c + (size - 1) // 2, as PyTorch's padding does
+        band = ((inp - out >= -(size // 2)) & (inp - out <= (size - 1) // 2)).float()
+        self.register_buffer("band", band[:, :, None, None], persistent=False)  # a constant, not state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sums = F.conv2d(x * x, self.band.to(x.dtype))
+        return x / sums.mul(self.alpha / self.size).add_(self.k).pow_(self.beta)
+
+    def extra_repr(self) -> str:
+        return f"{self.band.shape[0]}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
 def _pooled(n: int) -> int:
@@ -49,7 +75,7 @@ def alexnet(input_shape, num_classes, *, dropout: float = 0.0, width: float = 1.
             (f"conv{i}", nn.Conv2d(in_ch, filters, kernel_size=5, padding=2, bias=True)),
             (f"relu{i}", nn.ReLU()),
             (f"pool{i}", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
-            (f"norm{i}", nn.LocalResponseNorm(size=LRN_SIZE, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K)),
+            (f"norm{i}", LocalResponseNorm(filters)),
         ]
         in_ch = filters
     flat = filters * _pooled(_pooled(h)) * _pooled(_pooled(w))

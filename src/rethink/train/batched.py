@@ -3,8 +3,10 @@
 Each model keeps everything that is its own: its data (subset, randomization), initialization,
 batch order, augmentation stream, stop rules, results and checkpoint. Only the arithmetic is
 shared: the parameters (and batch-norm statistics) are stacked along a new leading dimension, and
-one vectorized forward and backward pass (``torch.func.functional_call`` under ``vmap``) serves
-all K, so that small models, whose steps are mostly fixed per-step overhead, share it.
+one vectorized forward and backward pass serves all K, so that small models, whose steps are
+mostly fixed per-step overhead, share it: plain MLPs take the fused step of
+:mod:`rethink.train.fused_mlp` on batched products, other models ``torch.func.functional_call``
+under ``vmap``.
 
 A model trained here follows the trajectory of the same model trained alone by
 :func:`rethink.train.engine.train` to float tolerance (the batched products sum in another
@@ -31,6 +33,7 @@ from torch.func import functional_call, vmap
 
 from ..data.transforms import augment, standardize
 from ..seeding import torch_seed
+from . import engine, fused_mlp
 from .engine import (
     _RESUMED,
     TrainConfig,
@@ -42,13 +45,17 @@ from .engine import (
     autocast,
     eval_batch,
     make_optimizer,
-    metrics,
     record_eval,
     save_checkpoints,
     speed_settings,
+    stacked_metrics,
+    uses_bf16,
 )
 
 # Settings every model of a batch shares (they step together); the others may differ per model.
+# Evaluation chunks of fused MLP batches: about this many activations of the widest layer, all
+# members together (16 MB of float32: one pass over digits-sized sets, a few over CIFAR-sized).
+EVAL_ELEMENTS = 1 << 22
 SHARED = ("lr", "lr_decay", "momentum", "weight_decay", "batch_size", "epochs", "max_steps", "augment", "eval_every",
           "bf16")
 
@@ -288,23 +295,21 @@ class _Stack:
         self.y_train = torch.stack([m.data.y_train for m in members])
         self.x_test = torch.stack([m.data.x_test for m in members])
         self.y_test = torch.stack([m.data.y_test for m in members])
+        self.y_true = torch.stack([m.data.y_train_true for m in members])
+        self.changed = torch.stack([m.data.changed for m in members])
         self.lr = cfg.lr
         self.order = self.losses = self.gens = None
         self.rows = torch.arange(len(members), device=self.x_train.device)[:, None]
+        self.mlp = (engine.FUSED_MLP and fused_mlp.is_plain_mlp(template)
+                    and not uses_bf16(cfg, self.x_train.device))
         self._make_optimizer(momentum)
-        self.mlp = _is_mlp(template)
         self.vmapped = vmap(lambda p, b, x: functional_call(template, (p, b), (x,)), randomness="error")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Every member's logits (K, B, classes) for its inputs (K, B, ...)."""
-        if not self.mlp:
-            return self.vmapped(self.params, self.buffers, x)
-        weights = list(self.params.values())  # fc1.weight, fc1.bias, ..., out.weight, out.bias
-        h = x.flatten(2)
-        for i in range(0, len(weights), 2):
-            h = torch.baddbmm(weights[i + 1].unsqueeze(1), h, weights[i].transpose(1, 2))
-            h = h.relu_() if i + 2 < len(weights) else h  # in place: baddbmm's backward needs no output
-        return h
+        """Every member's logits, class-major (K, classes, B), for its inputs (K, B, ...)."""
+        if self.fused is not None:
+            return fused_mlp.forward(list(self.params.values()), x)
+        return self.vmapped(self.params, self.buffers, x).transpose(1, 2)
 
     def _make_optimizer(self, momentum: dict) -> None:
         """SGD as engine.make_optimizer sets it up, over the stacked tensors (a member's weights
@@ -316,6 +321,7 @@ class _Stack:
                                    lr=self.lr, momentum=self.cfg.momentum, fused=True)
         for k, buf in momentum.items():
             self.opt.state[self.params[k]]["momentum_buffer"] = buf
+        self.fused = fused_mlp.FusedStep(list(self.params.values()), self.opt) if self.mlp else None
 
     def new_epoch(self, lr: float, seeds: list[int], epoch: int, steps: int) -> None:
         """This epoch's learning rate, every member's batch order and augmentation stream."""
@@ -339,9 +345,12 @@ class _Stack:
             xb = torch.stack([_augmented(d, i, self.cfg.augment, g) for d, i, g in zip(data, idx, self.gens)])
         else:
             xb = self.x_train.flatten(0, 1).index_select(0, flat).view(*idx.shape, *self.x_train.shape[2:])
+        if self.fused is not None:
+            self.losses[:, b] = self.fused(xb, yb)
+            return
         with autocast(self.cfg, xb.device):
             logits = self.logits(xb)
-        losses = F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="none").view(yb.shape).mean(1)
+        losses = F.cross_entropy(logits.float(), yb, reduction="none").mean(1)
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # each model's gradient is that of its own loss
         self.opt.step()
@@ -349,17 +358,20 @@ class _Stack:
 
     @torch.inference_mode()
     def _predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], torch.Tensor]:
-        """Every member's mean cross-entropy and predicted classes on its own set (eval mode)."""
+        """Every member's mean cross-entropy and predicted classes on its own set (eval mode), in
+        chunks of about ``EVAL_ELEMENTS`` activations of the widest layer for all K together."""
         k, n = y.shape
-        chunk = max(1, eval_batch(self.template) // k)
+        if self.fused is not None:
+            chunk = max(1, EVAL_ELEMENTS // (k * max(p.shape[1] for p in self.params.values())))
+        else:
+            chunk = max(1, eval_batch(self.template) // k)
         total, preds = torch.zeros(k, device=x.device, dtype=torch.float64), []
         self.template.eval()
         for i in range(0, n, chunk):
             with autocast(self.cfg, x.device):
                 logits = self.logits(x[:, i : i + chunk]).float()
-            total += F.cross_entropy(logits.flatten(0, 1), y[:, i : i + chunk].flatten(),
-                                     reduction="none").view(k, -1).sum(1).double()
-            preds.append(logits.argmax(-1))
+            total += F.cross_entropy(logits, y[:, i : i + chunk], reduction="none").sum(1).double()
+            preds.append(logits.max(1).indices)  # argmax over a non-inner dimension: measured 15x slower
         self.template.train()
         return (total / max(n, 1)).tolist(), torch.cat(preds, 1)
 
@@ -367,7 +379,8 @@ class _Stack:
         """engine.evaluate's numbers for every member."""
         train_loss, p_train = self._predict(self.x_train, self.y_train)
         test_loss, p_test = self._predict(self.x_test, self.y_test)
-        return [metrics(d, *row) for d, *row in zip(data, train_loss, p_train, test_loss, p_test)]
+        return stacked_metrics(self.y_train, self.y_true, self.changed, p_train, self.y_test, p_test,
+                               train_loss, test_loss)
 
     def keep(self, positions: list[int]) -> None:
         """Only the members at these positions go on."""
@@ -379,8 +392,8 @@ class _Stack:
         self._make_optimizer(momentum)
         self.rows = self.rows[: len(positions)]
         self.shapes = [self.shapes[q] for q in positions]
-        self.x_train, self.y_train, self.x_test, self.y_test = (
-            t[idx] for t in (self.x_train, self.y_train, self.x_test, self.y_test))
+        self.x_train, self.y_train, self.x_test, self.y_test, self.y_true, self.changed = (
+            t[idx] for t in (self.x_train, self.y_train, self.x_test, self.y_test, self.y_true, self.changed))
         if self.order is not None:
             self.order, self.losses = self.order[idx], self.losses[idx]
         if self.gens is not None:
@@ -405,15 +418,6 @@ class _Stack:
             if buf is not None:
                 opt.state[p]["momentum_buffer"] = own(buf, shapes[k])
         return opt.state_dict()
-
-
-def _is_mlp(template: nn.Module) -> bool:
-    """Whether ``template`` is a plain MLP (flatten, then linear layers with biases and ReLUs between
-    them), which runs as batched matrix products rather than under vmap."""
-    kinds = [type(m) for m in template.children() if not isinstance(m, nn.Identity)]
-    hidden = (len(kinds) - 2) // 2
-    return (isinstance(template, nn.Sequential) and kinds == [nn.Flatten] + [nn.Linear, nn.ReLU] * hidden + [nn.Linear]
-            and all(m.bias is not None for m in template.children() if isinstance(m, nn.Linear)))
 
 
 def _augmented(d: TrainData, idx: torch.Tensor, kinds: tuple[str, ...], gen: torch.Generator) -> torch.Tensor:

@@ -21,12 +21,16 @@ import torch.nn.functional as F
 from ..data.transforms import augment, standardize
 from ..distributed import Shard
 from ..seeding import torch_seed
+from .fused_mlp import fused_step
 
 # Evaluation batches (measured, benchmarks/engine_choices.py): large ones for models without
 # convolutions; small ones for convolutional models, whose activations then stay in cache.
 EVAL_BATCH = 2048
 CONV_EVAL_BATCH = 128
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+# Plain MLPs train with the fused step of rethink.train.fused_mlp (measured faster,
+# benchmarks/train_speed.py), unless compiled, under autocast or data-parallel.
+FUSED_MLP = True
 _RESUMED = ("status", "evals", "step_losses", "time_to_fit", "steps", "train_seconds", "eval_seconds")
 
 
@@ -134,11 +138,13 @@ def eval_batch(model: torch.nn.Module) -> int:
     return CONV_EVAL_BATCH if channels_last(model) else EVAL_BATCH
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
+def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
     """bf16 autocast on CUDA (unless ``cfg.bf16`` is off); float32 elsewhere."""
-    if cfg.bf16 and device.type == "cuda":
-        return torch.autocast("cuda", torch.bfloat16)
-    return contextlib.nullcontext()
+    return cfg.bf16 and device.type == "cuda"
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    return torch.autocast("cuda", torch.bfloat16) if uses_bf16(cfg, device) else contextlib.nullcontext()
 
 
 @torch.inference_mode()
@@ -157,14 +163,6 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[f
     return float(total) / max(len(x), 1), torch.cat(preds)
 
 
-def _acc(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> float | None:
-    if mask is not None:
-        if not bool(mask.any()):
-            return None
-        pred, y = pred[mask], y[mask]
-    return float((pred == y).double().mean()) if len(y) else None
-
-
 def evaluate(model: torch.nn.Module, data: TrainData) -> dict:
     """Loss and accuracy on the full training set (its training labels) and the test set; on
     the corrupted part against its noisy and its true labels, and on the clean part."""
@@ -175,15 +173,26 @@ def evaluate(model: torch.nn.Module, data: TrainData) -> dict:
 
 def metrics(data: TrainData, train_loss: float, p_train: torch.Tensor, test_loss: float, p_test: torch.Tensor) -> dict:
     """An evaluation's numbers from the mean losses and predicted classes on both sets."""
-    return {
-        "train_loss": train_loss,
-        "train_acc": _acc(p_train, data.y_train),
-        "test_loss": test_loss,
-        "test_acc": _acc(p_test, data.y_test),
-        "corrupted_acc_noisy": _acc(p_train, data.y_train, data.changed),
-        "corrupted_acc_true": _acc(p_train, data.y_train_true, data.changed),
-        "clean_acc": _acc(p_train, data.y_train, ~data.changed),
-    }
+    one = [t.unsqueeze(0) for t in (data.y_train, data.y_train_true, data.changed, p_train, data.y_test, p_test)]
+    return stacked_metrics(*one, [train_loss], [test_loss])[0]
+
+
+def stacked_metrics(y_train, y_true, changed, p_train, y_test, p_test, train_loss: list, test_loss: list) -> list[dict]:
+    """:func:`metrics` for K models at once: every tensor has a leading dimension of K (their
+    training labels, true labels, changed masks and predictions; test labels and predictions),
+    and all K rows are read back from the device in one transfer."""
+    correct, correct_true, test_correct = p_train == y_train, p_train == y_true, p_test == y_test
+    counts = torch.stack([correct.sum(1), (correct & changed).sum(1), (correct_true & changed).sum(1),
+                          (correct & ~changed).sum(1), changed.sum(1), test_correct.sum(1)], 1).tolist()
+    n, n_test = y_train.shape[1], y_test.shape[1]
+
+    def ratio(a, b):
+        return a / b if b else None
+
+    return [{"train_loss": tl, "train_acc": ratio(ok, n), "test_loss": vl, "test_acc": ratio(test_ok, n_test),
+             "corrupted_acc_noisy": ratio(noisy, k), "corrupted_acc_true": ratio(true, k),
+             "clean_acc": ratio(clean, n - k)}
+            for (ok, noisy, true, clean, k, test_ok), tl, vl in zip(counts, train_loss, test_loss)]
 
 
 def _sync(device: torch.device) -> None:
@@ -259,6 +268,9 @@ def train(
     net = shard.wrap(model, device)
     if cfg.compile:
         net = torch.compile(net)
+    fused = None
+    if FUSED_MLP and not cfg.compile and shard.world == 1 and not uses_bf16(cfg, device):
+        fused = fused_step(model, opt)
     model.train()
     step = res.steps
 
@@ -300,11 +312,14 @@ def train(
                 if step >= total_steps:
                     break
                 xb, yb, count = next(batches)
-                with autocast(cfg, device):
-                    loss = shard.loss(net(xb), yb, count)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if fused is not None:
+                    loss = fused(xb, yb)
+                else:
+                    with autocast(cfg, device):
+                        loss = shard.loss(net(xb), yb, count)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
                 losses[b] = loss.detach()
                 step += 1
                 done_in_epoch += 1
