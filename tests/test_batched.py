@@ -46,10 +46,11 @@ def weights(folder, spec):
     return torch.load(os.path.join(folder, f"{spec.run_id}.pt"), weights_only=False)["model"]
 
 
-def assert_same_trajectory(a, b, rtol):
-    """Equal to float tolerance: the first steps to rounding, the rest within ``rtol``."""
+def assert_same_trajectory(a, b, rtol, close_steps=5):
+    """Equal to float tolerance: the first ``close_steps`` steps to within 1e-4 (rounding, grown a
+    little), the rest within ``rtol``."""
     assert a.status == b.status and len(a.step_losses) == len(b.step_losses)
-    np.testing.assert_allclose(a.step_losses[:5], b.step_losses[:5], rtol=1e-5)
+    np.testing.assert_allclose(a.step_losses[:close_steps], b.step_losses[:close_steps], rtol=1e-4)
     np.testing.assert_allclose(a.step_losses, b.step_losses, rtol=rtol)
     assert [e["step"] for e in a.evals] == [e["step"] for e in b.evals]
     for key in ("train_loss", "test_loss"):
@@ -105,8 +106,11 @@ def test_members_leave_when_they_fit():
     for spec, b in zip(specs, together):
         a = solo(spec)
         assert b.status == "fitted" and a.time_to_fit["steps"] == b.time_to_fit["steps"]
-        assert_same_trajectory(a, b, rtol=1e-2)
-    assert together[0].time_to_fit["steps"] < together[1].time_to_fit["steps"]
+        # p = 0 leaves after 27 steps: the others' next steps must still match closely. Later,
+        # random labels at lr 0.1 amplify rounding: initial weights changed by 1e-7 alone move
+        # this run's losses by 2e-3 by step 117 (measured), other summation orders by up to 1.4e-2
+        assert_same_trajectory(a, b, rtol=5e-2, close_steps=40)
+    assert together[0].time_to_fit["steps"] == 27 < together[1].time_to_fit["steps"]
 
 
 def _member(spec, scale=1.0):

@@ -1,19 +1,20 @@
 """A fused training step for plain MLPs: forward, backward and SGD in one pass over the weights.
 
-For an MLP (flatten, then linear layers with biases and ReLUs between them) the step is written
-out by hand rather than taken from autograd and the optimizer: each layer's weight gradient is
-accumulated straight into its momentum buffer by the matrix product itself
-(``buf = momentum * buf + g^T h`` as one ``addmm``), and all parameters are updated by one
-``_foreach_add_``. That removes the gradient tensors (a write and a read of every weight per
-step) and most of the per-step dispatch, which is much of a small MLP's step on a CPU
-(benchmarks/train_speed.py: MLP 1x512 from about 50% to over 60% of the float32 peak).
+For an MLP (flatten, then linear layers with biases and ReLUs between them) the backward pass is
+written out by hand rather than recorded by autograd: every product writes into gradient tensors
+kept from step to step, the logits are computed class-major (classes x batch), so that softmax
+and cross-entropy run along contiguous memory (5-10x faster than over rows of ten classes), and
+the update is :class:`torch.optim.SGD`'s own fused kernel (``torch._fused_sgd_``), one call per
+parameter group. No graph, no fresh gradient tensors, a third of the per-step dispatch: a small
+MLP's step on a CPU is largely those (benchmarks/engine_choices.py).
 
-The arithmetic is :class:`torch.optim.SGD`'s (momentum, dampening 0, weight decay ``wd * w``
-added to the momentum, not Nesterov) on the mean cross-entropy, summed in another order, so a
-run follows the autograd step's trajectory to float tolerance (tests/test_speed_choices.py).
-Momentum buffers live in the optimizer's state, so checkpoints keep their format and either path
-resumes the other's. The same code steps K models stacked on a leading dimension (the batched
-engine): the products become batched products, each model's loss its own mean.
+The arithmetic is autograd's and the optimizer's, its sums in another order, so a run follows the
+autograd step's trajectory to float tolerance (tests/test_speed_choices.py), and its numbers do
+not depend on the thread count (no product accumulates into an existing tensor, which MKL splits
+differently with other thread counts). Momentum buffers live in the optimizer's state, so
+checkpoints keep their format and either path resumes the other's. The same code steps K models
+stacked on a leading dimension (the batched engine): the products become batched products, each
+model's loss its own mean.
 """
 
 from __future__ import annotations
@@ -36,11 +37,9 @@ def _t(a: torch.Tensor) -> torch.Tensor:
     return a.transpose(-2, -1)
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, beta: float) -> torch.Tensor:
-    """out = beta * out + a b, one model's matrices or K stacked (beta 0 ignores out's contents)."""
-    if a.ndim == 2:
-        return torch.addmm(out, a, b, beta=beta, out=out)
-    return torch.baddbmm(out, a, b, beta=beta, out=out)
+def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = a b, one model's matrices or K stacked."""
+    return torch.mm(a, b, out=out) if a.ndim == 2 else torch.bmm(a, b, out=out)
 
 
 def forward(params: list[torch.Tensor], x: torch.Tensor, keep: bool = False):
@@ -67,30 +66,26 @@ class FusedStep:
     def __init__(self, params: list[torch.Tensor], opt: torch.optim.SGD):
         self.params, self.opt = params, opt
         group = {p: g for g in opt.param_groups for p in g["params"]}
-        if set(group) != set(params) or any(g["nesterov"] or g["dampening"] for g in opt.param_groups):
+        if set(group) != set(params) or any(g["nesterov"] or g["dampening"] or g["maximize"]
+                                            for g in opt.param_groups):
             raise ValueError("the fused MLP step needs plain momentum SGD over exactly the MLP's parameters")
-        self.groups = [group[p] for p in params]
-        self.decay = [(i, g["weight_decay"]) for i, g in enumerate(self.groups) if g["weight_decay"]]
+        # one model runs as a stack of one: the same kernels as in a batch, so that a model trained
+        # alone and the same model trained in a batch take bitwise the same steps
+        self.stacked = params[0].ndim == 3
+        self.views = params if self.stacked else [p.unsqueeze(0) for p in params]
+        self.grads = [torch.empty_like(v) for v in self.views]  # written in place every step
+        self.flat_grads = self.grads if self.stacked else [g[0] for g in self.grads]  # the parameters' shapes
+        # per parameter group: its parameters' positions
+        self.groups = [(g, [i for i, p in enumerate(params) if group[p] is g]) for g in opt.param_groups]
         self.minus_one: dict = {}  # by label shape: the -1s that turn softmax into its gradient
-
-    def _buffers(self) -> list[tuple[torch.Tensor, float]]:
-        """Every parameter's momentum buffer and the factor on its old contents (0 where the buffer
-        is new: the optimizer's first step, or one resumed without momentum)."""
-        out = []
-        for p, g in zip(self.params, self.groups):
-            state = self.opt.state[p]
-            if state.get("momentum_buffer") is None:
-                state["momentum_buffer"] = torch.zeros_like(p)
-                out.append((state["momentum_buffer"], 0.0))
-            else:
-                out.append((state["momentum_buffer"], g["momentum"]))
-        return out
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One step on inputs ``x`` and labels ``y`` (B, or K x B); the loss before the step
         (a scalar, or one per model)."""
-        params, buffers = self.params, self._buffers()
+        params, grads = self.views, self.grads
+        if not self.stacked:
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
         logits, inputs = forward(params, x, keep=True)
         logp = torch.log_softmax(logits, -2)
         rows = y.unsqueeze(-2)
@@ -101,21 +96,25 @@ class FusedStep:
         g = logp.exp_().scatter_add_(-2, rows, minus_one).div_(y.shape[-1])  # (softmax - one_hot(y)) / B
         g = _t(g)  # batch-major: B x classes
         for i in range(len(params) - 2, -1, -2):
-            w, h = params[i], inputs[i // 2]
-            (wbuf, wbeta), (bbuf, bbeta) = buffers[i], buffers[i + 1]
-            _mm(_t(g), h, wbuf, wbeta)  # buf = momentum * buf + g^T h
-            torch.add(g.sum(-2), bbuf, alpha=bbeta, out=bbuf)
-            if i:  # the gradient for the layer below, with this layer's weights before the update
-                g = torch.ops.aten.threshold_backward(torch.matmul(g, w), h, 0.0)
-        for i, wd in self.decay:  # + weight decay * parameter
-            buffers[i][0].add_(params[i], alpha=wd)
-        lrs = [g["lr"] for g in self.groups]
-        if all(lr == lrs[0] for lr in lrs):  # w -= lr * buf, in one call
-            torch._foreach_add_(params, [b for b, _ in buffers], alpha=-lrs[0])
-        else:
-            for p, (b, _), lr in zip(params, buffers, lrs):
-                p.add_(b, alpha=-lr)
-        return loss
+            h = inputs[i // 2]
+            _mm(_t(g), h, grads[i])
+            torch.sum(g, -2, out=grads[i + 1])
+            if i:  # the gradient for the layer below
+                g = torch.ops.aten.threshold_backward(torch.matmul(g, params[i]), h, 0.0)
+        for group, mine in self.groups:  # the optimizer's own fused kernel, as its step() calls it
+            if not mine:
+                continue
+            momentum = group["momentum"]
+            state = [self.opt.state[self.params[i]] for i in mine]
+            first = momentum != 0 and any(st.get("momentum_buffer") is None for st in state)
+            if first:
+                for st, i in zip(state, mine):
+                    st["momentum_buffer"] = torch.empty_like(self.params[i])
+            torch._fused_sgd_([self.params[i] for i in mine], [self.flat_grads[i] for i in mine],
+                              [st["momentum_buffer"] for st in state] if momentum else [],
+                              weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"], dampening=0.0,
+                              nesterov=False, maximize=False, is_first_step=first)
+        return loss if self.stacked else loss[0]
 
 
 def fused_step(model: nn.Module, opt: torch.optim.SGD) -> FusedStep | None:
