@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from rethink.models import build
 from rethink.train import engine
-from rethink.train.engine import TrainConfig, TrainData, eval_batch, make_optimizer, train
+from rethink.train.engine import TrainConfig, TrainData, channels_last, eval_batch, make_optimizer, train
 
 SHAPE = (3, 28, 28)
 
@@ -94,11 +94,20 @@ def optimizers(name: str, steps: int, rounds: int) -> None:
 def memory_format(name: str, steps: int, rounds: int) -> None:
     plain, cl = (model(name), data(steps * 128)), (model(name, True), data(steps * 128))
     cl_data = (model(name, True), data(steps * 128, channels_last=True))
-    for m, d in (plain, cl, cl_data):
+
+    def contiguous():  # the engine's own conversion switched off
+        engine.channels_last = lambda m: False
+        try:
+            return samples_per_s(*plain, steps)
+        finally:
+            engine.channels_last = channels_last
+
+    contiguous()
+    for m, d in (cl, cl_data):
         samples_per_s(m, d, 1)
     show(f"{name}, memory format (samples/s)", best_of({
-        "contiguous": lambda: samples_per_s(*plain, steps),
-        "channels_last model": lambda: samples_per_s(*cl, steps),
+        "contiguous": contiguous,
+        "channels_last model (the engine's)": lambda: samples_per_s(*cl, steps),
         "channels_last model and data": lambda: samples_per_s(*cl_data, steps)}, rounds))
 
 

@@ -55,7 +55,7 @@ SHAPE = (3, 28, 28)
 BATCH = 128
 WORKERS = 1  # the conventional loop's DataLoader processes, as github.com/pluskid/fitting-random-labels
 # Steps per timed round (full, --quick).
-STEPS = {"mlp1x512": (60, 30), "mlp3x512": (60, 30), "alexnet": (10, 5), "inception": (4, 2)}
+STEPS = {"mlp1x512": (60, 30), "mlp3x512": (60, 30), "alexnet": (20, 5), "inception": (8, 2)}
 ROUNDS = (3, 2)
 RATIO_TARGET = {"mlp1x512": 3.0, "mlp3x512": 3.0, "alexnet": 1.3, "inception": 1.3}
 PEAK_TARGET = ("mlp1x512", 0.60)
@@ -147,7 +147,8 @@ def fresh_model(name: str, typical: bool = False) -> torch.nn.Module:
         for parent in list(model.modules()):
             for child_name, child in parent.named_children():
                 if isinstance(child, LocalResponseNorm):
-                    setattr(parent, child_name, torch.nn.LocalResponseNorm(child.size, child.alpha, child.beta, child.k))
+                    lrn = torch.nn.LocalResponseNorm(child.size, child.alpha, child.beta, child.k)
+                    setattr(parent, child_name, lrn)
     return model
 
 
