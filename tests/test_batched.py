@@ -99,6 +99,21 @@ def test_batch_norm_and_augmentation(tmp_path):
         assert_close_weights(wa, weights(tmp_path / "b", spec))
 
 
+def test_alexnet_batches_with_its_constant_buffers(tmp_path):
+    """AlexNet's LRN band is a non-persistent buffer: stacked for the vmapped step, never written
+    into a member's weights or checkpoint."""
+    base = {**BASE, "model": "alexnet", "width": 0.125, "epochs": 3, "lr": 0.01}
+    specs = [RunSpec(**base, p=0.0), RunSpec(**{**base, "seed": 2, "randomize": "random-labels"})]
+    assert group_key(specs[0]) == group_key(specs[1]) is not None
+    together = execute_group(GroupJob(jobs(specs, tmp_path / "b")))
+    for spec, b in zip(specs, together):
+        assert b.summary["models_in_batch"] == 2
+        assert_same_trajectory(solo(spec, tmp_path / "a"), b, rtol=1e-3, close_steps=9)
+        wb = weights(tmp_path / "b", spec)
+        assert not any("band" in k for k in wb)
+        assert_close_weights(weights(tmp_path / "a", spec), wb)
+
+
 def test_members_leave_when_they_fit():
     base = {**BASE, "stop_on_fit": True, "lr_decay": 1.0, "weight_decay": 0.0, "epochs": 200}
     specs = [RunSpec(**base, p=0.0), RunSpec(**base, p=1.0), RunSpec(**{**base, "model": "mlp", "hidden": (64,)})]

@@ -52,10 +52,10 @@ from .engine import (
     uses_bf16,
 )
 
-# Settings every model of a batch shares (they step together); the others may differ per model.
 # Evaluation chunks of fused MLP batches: about this many activations of the widest layer, all
 # members together (16 MB of float32: one pass over digits-sized sets, a few over CIFAR-sized).
 EVAL_ELEMENTS = 1 << 22
+# Settings every model of a batch shares (they step together); the others may differ per model.
 SHARED = ("lr", "lr_decay", "momentum", "weight_decay", "batch_size", "epochs", "max_steps", "augment", "eval_every",
           "bf16")
 
@@ -408,7 +408,8 @@ class _Stack:
         shapes = self.shapes[q]
         state = {k: own(p, shapes[k]) for k, p in self.params.items()}
         own_buffers = dict(member.model.named_buffers())
-        state.update({k: own(b, own_buffers[k].shape) for k, b in self.buffers.items()})
+        saved = member.model.state_dict().keys()  # not the non-persistent buffers (constants)
+        state.update({k: own(b, own_buffers[k].shape) for k, b in self.buffers.items() if k in saved})
         member.model.load_state_dict(state)
         opt = make_optimizer(member.model, member.cfg)
         for g in opt.param_groups:
