@@ -21,7 +21,7 @@ from rethink.batching import GroupJob, execute_group, group_key, plan
 from rethink.spec import RunSpec
 from rethink.store import Store
 from rethink.sweep import Job, load_grid, run_sweep
-from rethink.train import batched
+from rethink.train import batched, engine
 from rethink.train.engine import train
 
 BASE = dict(dataset="digits", train_size=300, model="mlp1x512", lr=0.1, lr_decay=0.9, weight_decay=5e-4, epochs=40,
@@ -84,19 +84,48 @@ def test_batched_models_follow_their_solo_trajectories(tmp_path):
     assert together[0].step_losses != together[1].step_losses  # independent models, not copies
 
 
-@pytest.mark.xfail(reason="known defect: batched batch-norm models drift from their solo trajectories beyond 1e-3 "
-                          "after ~15 steps; the sweep rule keeps batch-norm models out of batches until fixed",
-                   strict=True)
-def test_batch_norm_and_augmentation(tmp_path):
-    """A narrow Inception (batch-norm statistics are stacked too) with random crops and flips."""
-    base = {**BASE, "model": "inception", "width": 0.0625, "epochs": 8, "augment": ("crop", "flip"), "lr": 0.01}
-    specs = [RunSpec(**base, p=0.0), RunSpec(**{**base, "seed": 3, "randomize": "random-labels"})]
-    together = execute_group(GroupJob(jobs(specs, tmp_path / "b")))
-    for spec, b in zip(specs, together):
-        assert_same_trajectory(solo(spec, tmp_path / "a"), b, rtol=1e-3)
-        wa = weights(tmp_path / "a", spec)
+BN_BASE = {**BASE, "model": "inception", "width": 0.0625, "epochs": 8, "augment": ("crop", "flip"), "lr": 0.01}
+BN_SPECS = [RunSpec(**BN_BASE, p=0.0), RunSpec(**{**BN_BASE, "seed": 3, "randomize": "random-labels"})]
+
+
+@pytest.fixture(scope="module")
+def batch_norm_runs(tmp_path_factory):
+    """A narrow Inception (batch-norm statistics stacked too) with random crops and flips, batched
+    and alone. The batch runs its convolutions in the default layout, so the solo runs here do too
+    (channels_last sums in another order). Returns (folder, batched results, solo results)."""
+    folder = tmp_path_factory.mktemp("bn")
+    for sub in "ab":
+        os.makedirs(folder / sub)
+    together = execute_group(GroupJob(jobs(BN_SPECS, folder / "b")))
+    real, engine.channels_last = engine.channels_last, lambda model: False
+    try:
+        alone = [solo(spec, folder / "a") for spec in BN_SPECS]
+    finally:
+        engine.channels_last = real
+    return folder, together, alone
+
+
+def test_batch_norm_and_augmentation(batch_norm_runs):
+    """Batch norm and label noise amplify rounding: a random 1e-7 relative change of the initial
+    weights alone moves the p = 0 run's losses by 2.5e-3 by step 8 and 1.3e-2 by step 16, and its
+    weights by 1.3e-2 after 24 steps (measured). So: the first steps to 1e-4, the rest within 2e-2."""
+    folder, together, alone = batch_norm_runs
+    for spec, a, b in zip(BN_SPECS, alone, together):
+        assert_same_trajectory(a, b, rtol=2e-2, close_steps=8)
+        wa, wb = weights(folder / "a", spec), weights(folder / "b", spec)
         assert any("running_var" in k for k in wa)
-        assert_close_weights(wa, weights(tmp_path / "b", spec))
+        assert_close_weights(wa, wb, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.xfail(reason="not understood yet: the random-labels run is insensitive to rounding (a 1e-7 "
+                          "change of its initial weights moves its weights by 3e-7 after 24 steps) but its "
+                          "batched weights differ by ~9e-4; the sweep rule keeps batch-norm models out of "
+                          "batches until this is found", strict=True)
+def test_batch_norm_run_insensitive_to_rounding_matches_closely(batch_norm_runs):
+    folder, together, alone = batch_norm_runs
+    spec = BN_SPECS[1]
+    np.testing.assert_allclose(alone[1].step_losses, together[1].step_losses, rtol=1e-5)
+    assert_close_weights(weights(folder / "a", spec), weights(folder / "b", spec), rtol=1e-4, atol=1e-5)
 
 
 def test_alexnet_batches_with_its_constant_buffers(tmp_path):
