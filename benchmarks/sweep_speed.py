@@ -9,8 +9,8 @@ after another (``batch=False``) and once as the batching rule decides (all eleve
 each into a fresh store, wall time end to end. The two alternate in rounds (``--quick``: one
 round, 500 training images) and each keeps its best round. Two MLPs:
 
-- a digits-sized MLP, one hidden layer of 100 units (scikit-learn's default ``MLPClassifier``,
-  the usual MLP for this set): the target, 3x or more;
+- a digits-sized MLP, one hidden layer of 100 units (the shape of scikit-learn's default
+  ``MLPClassifier``): the target, 3x or more;
 - the paper's MLP 1x512 (sized for CIFAR-10), reported: its step (21 MFLOP) already keeps the
   2 cores busy on its own, so batching gains less.
 

@@ -7,6 +7,9 @@ import io
 import os
 import pickle
 import struct
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -668,6 +671,31 @@ def test_fuzz_idx_reader(tmp_path, data):
         assert str(path) in str(e)
     else:
         assert isinstance(out, np.ndarray)
+
+
+def test_corrupt_memo_index_in_a_cifar_pickle_is_refused_without_allocating(tmp_path):
+    """A flipped byte can turn a pickle's memo index into ~2^31; the unpickler would then zero a
+    16 GB memo table (the fuzz test below once got the test run killed for memory). Run in a
+    child process limited to 2 GB of address space, so a regression fails instead of exhausting
+    the machine."""
+    write_cifar(tmp_path, np.random.default_rng(0), n=2)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(b"\x80\x02}r" + (2**31 - 7).to_bytes(4, "little") + b".")  # {} memoized at index 2^31 - 7
+    code = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        from rethink.data import formats
+        from rethink.errors import UserError
+        try:
+            formats.read_cifar10({str(tmp_path / "cifar-10-batches-py")!r})
+        except UserError as e:
+            print(e)
+            sys.exit(0)
+        sys.exit(1)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "test_batch: not a readable CIFAR-10 python pickle" in out.stdout and "memo index" in out.stdout
 
 
 @_FUZZ

@@ -25,6 +25,7 @@ import importlib
 import io
 import os
 import pickle
+import pickletools
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -243,9 +244,22 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return getattr(importlib.import_module(module), name)
 
 
+def _check_memo(data: bytes) -> None:
+    """Refuse memo indexes beyond the file's size. The unpickler grows its memo table to the
+    largest index it is given and zeroes it, so one corrupt 4-byte index (a flipped byte suffices)
+    asks for up to 32 GB; a real pickle numbers its memo entries from 0, one per object."""
+    for op, arg, _ in pickletools.genops(data):
+        if "PUT" in op.name or "GET" in op.name:
+            if isinstance(arg, int) and arg >= len(data):
+                raise ValueError(f"memo index {arg} at {op.name} is beyond the file's {len(data)} bytes")
+        if op.name == "STOP":
+            return
+
+
 def _unpickle(data: bytes, where: str):
     """Load a pickle written by Python 2 or 3, with bytes for Python 2 strings."""
     try:
+        _check_memo(data)
         return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as e:  # any failure to decode untrusted bytes means a broken file
         raise UserError(

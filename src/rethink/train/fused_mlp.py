@@ -1,4 +1,4 @@
-"""A fused training step for plain MLPs: forward, backward and SGD in one pass over the weights.
+"""A fused training step for plain MLPs: a hand-written backward pass and the optimizer's kernel.
 
 For an MLP (flatten, then linear layers with biases and ReLUs between them) the backward pass is
 written out by hand rather than recorded by autograd: every product writes into gradient tensors
@@ -69,8 +69,8 @@ class FusedStep:
         if set(group) != set(params) or any(g["nesterov"] or g["dampening"] or g["maximize"]
                                             for g in opt.param_groups):
             raise ValueError("the fused MLP step needs plain momentum SGD over exactly the MLP's parameters")
-        # one model runs as a stack of one: the same kernels as in a batch, so that a model trained
-        # alone and the same model trained in a batch take bitwise the same steps
+        # one model runs as a stack of one, through the same code and kernels as a batch (equal
+        # matrices give equal bits here, though MKL may split a batch's products differently)
         self.stacked = params[0].ndim == 3
         self.views = params if self.stacked else [p.unsqueeze(0) for p in params]
         self.grads = [torch.empty_like(v) for v in self.views]  # written in place every step
@@ -106,7 +106,7 @@ class FusedStep:
                 continue
             momentum = group["momentum"]
             state = [self.opt.state[self.params[i]] for i in mine]
-            first = momentum != 0 and any(st.get("momentum_buffer") is None for st in state)
+            first = momentum != 0 and all(st.get("momentum_buffer") is None for st in state)  # as SGD decides
             if first:
                 for st, i in zip(state, mine):
                     st["momentum_buffer"] = torch.empty_like(self.params[i])
