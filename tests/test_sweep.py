@@ -5,6 +5,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -131,3 +132,55 @@ def test_sweep_cli_json(grid_file, tmp_path, capsys):
     assert main(["sweep", grid_file, "--store", store, "--executor", "process", "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "unknown executor 'slurm'" in err and "--workers 0" in err
+
+
+
+def test_a_store_being_created_by_another_process_opens(tmp_path, monkeypatch):
+    """Under torchrun every rank opens the same new store at once. Here another opener creates
+    the store between this opener's first and second look at it; the store must still open."""
+    path = str(tmp_path / "s.sqlite")
+    connect = sqlite3.connect
+    failures = []
+
+    def open_store():
+        try:
+            Store(path).close()
+        except Exception as e:
+            failures.append(e)
+
+    other = threading.Thread(target=open_store)
+
+    class Racing(sqlite3.Connection):
+        def execute(self, sql, *args):
+            if "sqlite_master" in sql and other.ident is None:
+                other.start()
+                other.join(timeout=3)  # finishes unless this opener's read holds the file
+            return super().execute(sql, *args)
+
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: connect(*a, factory=Racing, **k)
+                        if other.ident is None else connect(*a, **k))
+    Store(path).close()
+    other.join()
+    assert not failures
+    assert connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+_OPEN_STORES = """
+import sys, time
+from rethink.store import Store
+folder, start = sys.argv[1], float(sys.argv[2])
+for i in range(30):
+    while time.time() < start + 0.05 * i:  # spin, so that both processes open each store together
+        pass
+    Store(f"{folder}/s{i}.sqlite").close()
+"""
+
+
+def test_two_processes_opening_new_stores_together_both_open_them(tmp_path):
+    """SQLite refuses at once, without waiting, a switch to WAL mode while another process switches
+    the same new file; before the store waited out that refusal, about one open in six failed here."""
+    start = str(time.time() + 3)
+    children = [subprocess.Popen([sys.executable, "-c", _OPEN_STORES, str(tmp_path), start], stderr=subprocess.PIPE,
+                                 text=True) for _ in range(2)]
+    errors = [c.communicate(timeout=120)[1] for c in children]
+    assert [c.returncode for c in children] == [0, 0], "\n".join(errors)

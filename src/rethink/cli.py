@@ -525,7 +525,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except UserError as e:
         print(f"rethink: error: {e}", file=sys.stderr)
         return 2
@@ -533,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
         print("rethink: interrupted; finished runs are in the store, run the same command again to resume",
               file=sys.stderr)
         return 130
+    if "rethink.distributed" in sys.modules:  # under torchrun: every rank leaves together
+        sys.modules["rethink.distributed"].leave()
+    return code
 
 
 if __name__ == "__main__":

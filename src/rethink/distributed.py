@@ -46,8 +46,22 @@ def setup(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        atexit.register(dist.destroy_process_group)
+        atexit.register(_destroy)
     return device
+
+
+def leave() -> None:
+    """After a command succeeded on this rank: wait for every rank, then leave the process group.
+    A rank that leaves while a peer is still finishing can abort that peer (gloo's threads see the
+    connection close), failing a run that had finished."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _destroy() -> None:  # at exit after an error: no barrier, the other ranks may never reach it
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check_batches(n: int, batch_size: int) -> None:

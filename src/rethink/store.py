@@ -54,21 +54,43 @@ class Store:
         try:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self.db.execute("PRAGMA foreign_keys = ON")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            with _Transaction(self.db, "BEGIN"):  # one snapshot: another process may be creating the store
+                self._check_schema()
         except sqlite3.DatabaseError as e:
             raise UserError(f"store {self.path} is not a rethink SQLite store ({e}); pass another --store or move the file away") from None
-        if tables and version != SCHEMA_VERSION:
-            raise UserError(f"store {self.path} has schema version {version}, this rethink reads version {SCHEMA_VERSION}; "
-                            "use a store written by this version or pass another --store")
         try:
-            self.db.execute("PRAGMA journal_mode = WAL")
+            self._use_wal()
             with self.transaction():
+                self._check_schema()
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.OperationalError as e:
             raise UserError(f"cannot write the store {self.path} ({e}); pass --store with a writable path") from None
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL mode (it stays so). SQLite answers 'database is locked' at once,
+        without waiting, while another process switches the same new file (torchrun's ranks and a
+        sweep's workers open it together), so wait here as the busy timeout would."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                    return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e):
+                    raise
+            time.sleep(0.01)
+        raise sqlite3.OperationalError("database is locked: no switch to WAL mode within 60 s")
+
+    def _check_schema(self) -> None:
+        """Refuse a store written with another schema; call inside a transaction, so that the
+        version and the tables are read from one state of the file."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables and version != SCHEMA_VERSION:
+            raise UserError(f"store {self.path} has schema version {version}, this rethink reads version {SCHEMA_VERSION}; "
+                            "use a store written by this version or pass another --store")
 
     def transaction(self):
         return _Transaction(self.db)
@@ -173,11 +195,11 @@ class Store:
 
 
 class _Transaction:
-    def __init__(self, db):
-        self.db = db
+    def __init__(self, db, begin: str = "BEGIN IMMEDIATE"):
+        self.db, self.begin = db, begin
 
     def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(self.begin)
 
     def __exit__(self, exc_type, exc, tb):
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
