@@ -1,6 +1,6 @@
 """Where training models as one batch pays: the measurements behind ``rethink.batching``'s rule.
 
-    flock /tmp/rethink-cpu.lock .venv/bin/python benchmarks/batch_rule.py [--models 8] [--steps 60]
+    flock /tmp/rethink-cpu.lock .venv/bin/python benchmarks/batch_rule.py [--models 8] [--steps 60] [--only Inception]
 
 For models whose training step needs from about a million to a few billion FLOPs (MLPs of several
 widths on 8x8 and 28x28x3 inputs, narrow Inception and AlexNet), trains K models one after
@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", type=int, default=8, help="models per batch (K)")
     ap.add_argument("--steps", type=int, default=60, help="training steps per model")
+    ap.add_argument("--only", default="", help="only the cases whose label contains this text, e.g. Inception")
     args = ap.parse_args(argv)
     k, steps = args.models, args.steps
     cfg = TrainConfig(lr=0.01, lr_decay=1.0, epochs=1000, max_steps=steps, eval_every=10**9, stop_on_fit=False)
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     print("| model | MFLOP per step | alone (ms per model-step) | batched (ms per model-step) | speedup | rule |")
     print("|---|---|---|---|---|---|")
     for label, name, options, shape in CASES:
+        if args.only not in label:
+            continue
         n = 128 * steps
         flops = step_flops(model(name, options, shape, 0), shape, 128)
         alone = batched = float("inf")

@@ -180,6 +180,7 @@ CATALOGUE = [
     Case("unknown spec key", with_file("key.toml", "dataset = 'digits'\nlearning_rate = 0.1\n", *RUN, "--spec", "{file}"), "learning_rate"),
     Case("spec file that does not exist", lambda tmp: [*RUN, "--spec", str(tmp / "none.toml")], "does not exist"),
     Case("sweep grid with an unknown field", with_file("g.toml", "[base]\ndataset = 'digits'\n[[grid]]\nwidht = [1, 2]\n", "sweep", "{file}"), "widht"),
+    Case("sweep grid with a seed in its base", with_file("g.toml", "[base]\ndataset = 'digits'\nseed = 1\n", "sweep", "{file}"), "seeds = [1]"),
     Case("unknown recipe", lambda tmp: ["reproduce", "figure9", "--scale", "smoke"], "figure1b"),
     # stores and output paths
     Case("store file that is not SQLite", with_file("junk.sqlite", b"this is not a database" * 100, *RUN, "--dataset", "digits", "--store", "{file}"), "not a rethink SQLite store"),

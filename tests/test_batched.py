@@ -117,15 +117,26 @@ def test_batch_norm_and_augmentation(batch_norm_runs):
         assert_close_weights(wa, wb, rtol=5e-2, atol=5e-2)
 
 
-@pytest.mark.xfail(reason="not understood yet: the random-labels run is insensitive to rounding (a 1e-7 "
-                          "change of its initial weights moves its weights by 3e-7 after 24 steps) but its "
-                          "batched weights differ by ~9e-4; the sweep rule keeps batch-norm models out of "
-                          "batches until this is found", strict=True)
-def test_batch_norm_run_insensitive_to_rounding_matches_closely(batch_norm_runs):
+def test_batch_norm_run_stays_closer_to_its_solo_run_than_a_layout_change_moves_it(batch_norm_runs):
+    """The random-labels run barely moves when its initial weights change by 1e-7 (3e-7 in its
+    weights after 24 steps), yet batched it differs from its solo run by ~4e-4 in its losses: every
+    step's rounding counts, not only the start's. The same run alone in channels_last (the
+    engine's layout for convolutions; other sums, the same arithmetic) differs from its
+    default-layout run by ~1e-2 in its losses and 4e-2 in its weights (measured), so the batched
+    run must stay closer to its solo run than that."""
     folder, together, alone = batch_norm_runs
     spec = BN_SPECS[1]
-    np.testing.assert_allclose(alone[1].step_losses, together[1].step_losses, rtol=1e-5)
-    assert_close_weights(weights(folder / "a", spec), weights(folder / "b", spec), rtol=1e-4, atol=1e-5)
+    os.makedirs(folder / "c", exist_ok=True)
+    other_layout = solo(spec, folder / "c")
+
+    def gaps(a, wa, b, wb):
+        return (np.abs(np.subtract(a.step_losses, b.step_losses)).max(),
+                max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa))
+
+    wa = weights(folder / "a", spec)
+    batched_gap = gaps(alone[1], wa, together[1], weights(folder / "b", spec))
+    layout_gap = gaps(alone[1], wa, other_layout, weights(folder / "c", spec))
+    assert batched_gap[0] < layout_gap[0] / 4 and batched_gap[1] < layout_gap[1] / 4, (batched_gap, layout_gap)
 
 
 def test_alexnet_batches_with_its_constant_buffers(tmp_path):
@@ -181,8 +192,11 @@ def test_shared_settings_are_checked():
         batched.train_batched([a, b])
 
 
-def test_interrupted_batch_resumes_bitwise_batched_and_to_tolerance_alone(tmp_path, monkeypatch):
-    specs = [RunSpec(**{**BASE, "epochs": 12}, p=p) for p in (0.0, 0.5, 1.0)]
+@pytest.mark.parametrize("base, alone_rtol", [({**BASE, "epochs": 12}, 1e-3), ({**BN_BASE, "epochs": 12}, 2e-2)],
+                         ids=["mlp", "batch-norm"])
+def test_interrupted_batch_resumes_bitwise_batched_and_to_tolerance_alone(tmp_path, monkeypatch, base, alone_rtol):
+    """Batch-norm statistics, momentum and random streams all come back from the checkpoints."""
+    specs = [RunSpec(**base, p=p) for p in (0.0, 0.5, 1.0)]
     reference = execute_group(GroupJob(jobs(specs, tmp_path / "a", interval=0)))
     real_step, calls = batched._Stack.step, []
 
@@ -204,7 +218,7 @@ def test_interrupted_batch_resumes_bitwise_batched_and_to_tolerance_alone(tmp_pa
         wa, wb = weights(tmp_path / "a", s), weights(tmp_path / "b", s)
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
     alone = solo(specs[1], tmp_path / "c")  # the engine resumes a batched run's checkpoint too
-    assert_same_trajectory(reference[1], alone, rtol=1e-3)
+    assert_same_trajectory(reference[1], alone, rtol=alone_rtol)
 
 
 def strip(evals):
@@ -220,7 +234,8 @@ def test_the_rule_groups_small_models_and_leaves_the_rest_alone():
     assert isinstance(planned[0], GroupJob) and [j.spec for j in planned[0].jobs] == small
     assert [p.spec for p in planned[1:]] == wide + dropout + other_rate
     assert group_key(dropout[0]) is None and group_key(wide[0]) is None
-    assert group_key(RunSpec(**{**BASE, "model": "inception", "width": 0.0625})) is None  # batch norm: alone
+    small_inception = [RunSpec(**{**BASE, "model": "inception", "width": 0.0625, "seed": s}) for s in (0, 1)]
+    assert group_key(small_inception[0]) == group_key(small_inception[1]) is not None  # batch norm batches too
 
 
 def test_sweep_records_batching_and_can_switch_it_off(tmp_path):

@@ -12,6 +12,8 @@ and a run's numbers never depend on the machine's load:
   model needs at most ``MAX_STEP_FLOPS`` floating-point operations on the run's device
   (:func:`rethink.train.flops.step_flops`): a step that small is mostly fixed per-step overhead,
   which the batch shares, while a larger one keeps the device busy on its own;
+- batch-norm models batch too, each with its own statistics (batched, their convolutions run in
+  the default layout; tests/test_batched.py bounds how far that takes them from a solo run);
 - runs with dropout (its masks come from one global random stream), user models
   (``package.module:factory``), streamed image folders and runs under torchrun train alone; at
   most ``MAX_MODELS`` runs share a batch.
@@ -52,7 +54,7 @@ class GroupJob:
 def group_key(spec: RunSpec) -> tuple | None:
     """Runs with equal keys may share a batch; None: this run trains alone."""
     if (spec.dropout or ":" in spec.model or getattr(spec, "stream", False) or distributed.world_size() > 1
-            or has_batch_norm(spec) or not small_enough([spec])):
+            or not small_enough([spec])):
         return None
     mlp_depth = len(_hidden(_meta_model(spec, (1, 1, 1), 2))) if spec.model in MLPS else None
     varying = PER_MODEL + (MLP_SHAPE if mlp_depth is not None else ())
@@ -74,14 +76,6 @@ def plan(jobs: list) -> list:
             chunk = members[i : i + MAX_MODELS]
             planned.extend([GroupJob(chunk)] if len(chunk) > 1 and small_enough([j.spec for j in chunk]) else chunk)
     return planned
-
-
-def has_batch_norm(spec: RunSpec) -> bool:
-    """Batch-norm models train alone for now. Batched, they match solo runs in the same layout to
-    rounding for the first steps, and later drift no more than rounding alone moves them, except
-    one random-labels run whose weights differ by ~9e-4 after 24 steps where rounding moves them by
-    3e-7: not understood yet (tests/test_batched.py, a strict xfail)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in _meta_model(spec, *_input(spec)).modules())
 
 
 def _input(spec: RunSpec) -> tuple:

@@ -43,6 +43,9 @@ def expand(base: dict, grids: list[dict] | None = None, seeds=(0,)) -> list[RunS
     """The specs of a grid: for every ``grid`` table the product of its value lists over ``base``,
     times every seed; duplicates (same run id) are dropped, order kept."""
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if "seed" in base:  # it would be replaced by every seed of ``seeds`` without a word
+        raise UserError(f"the grid's base sets seed = {base['seed']!r}; give the seeds at the top level instead, "
+                        "e.g. seeds = [1] (or seeds = 3 for 0, 1, 2)")
     if not seeds:
         raise UserError("the grid has no seeds; give seeds = N (a count) or a list such as seeds = [0, 1]")
     specs, seen = [], set()
