@@ -134,7 +134,6 @@ def test_sweep_cli_json(grid_file, tmp_path, capsys):
     assert "does not exist" in err and "unknown executor 'slurm'" in err and "--workers 0" in err
 
 
-
 def test_a_store_being_created_by_another_process_opens(tmp_path, monkeypatch):
     """Under torchrun every rank opens the same new store at once. Here another opener creates
     the store between this opener's first and second look at it; the store must still open."""
