@@ -97,11 +97,9 @@ def batch_norm_runs(tmp_path_factory):
     for sub in "ab":
         os.makedirs(folder / sub)
     together = execute_group(GroupJob(jobs(BN_SPECS, folder / "b")))
-    real, engine.channels_last = engine.channels_last, lambda model: False
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "channels_last", lambda model: False)
         alone = [solo(spec, folder / "a") for spec in BN_SPECS]
-    finally:
-        engine.channels_last = real
     return folder, together, alone
 
 

@@ -213,7 +213,7 @@ class _Lockstep:
 
     def _eval(self) -> None:
         t0 = self._pause()
-        rows = self.stack.evaluate([self.members[i].data for i in self.active])
+        rows = self.stack.evaluate()
         for i, row in zip(self.active, rows):
             res = self.results[i]
             record_eval(res, self.members[i].cfg, {"step": self.step, "epoch": self.step / self.steps_per_epoch,
@@ -375,7 +375,7 @@ class _Stack:
         self.template.train()
         return (total / max(n, 1)).tolist(), torch.cat(preds, 1)
 
-    def evaluate(self, data: list[TrainData]) -> list[dict]:
+    def evaluate(self) -> list[dict]:
         """engine.evaluate's numbers for every member."""
         train_loss, p_train = self._predict(self.x_train, self.y_train)
         test_loss, p_test = self._predict(self.x_test, self.y_test)
