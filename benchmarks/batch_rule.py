@@ -31,6 +31,8 @@ CASES = [  # (label, model, options, input shape)
     ("MLP 1x512, 28x28x3", "mlp", {"hidden": (512,)}, (3, 28, 28)),
     ("Inception w0.0625, 8x8", "inception", {"width": 0.0625}, (1, 8, 8)),
     ("AlexNet w0.125, 8x8", "alexnet", {"width": 0.125}, (1, 8, 8)),
+    ("Inception w0.125, 28x28x1", "inception", {"width": 0.125}, (1, 28, 28)),  # the cpu scale's Inception
+    ("AlexNet w0.25, 28x28x1", "alexnet", {"width": 0.25}, (1, 28, 28)),  # the cpu scale's AlexNet
 ]
 
 

@@ -1,6 +1,6 @@
 """The engine's speed choices, each measured on and off in the same run (CPU, float32).
 
-    flock /tmp/rethink-cpu.lock .venv/bin/python benchmarks/engine_choices.py [--quick]
+    flock /tmp/rethink-cpu.lock .venv/bin/python benchmarks/engine_choices.py [--quick] [--only compile]
 
 Trains the paper's models with ``rethink.train.engine.train`` on CIFAR-shaped synthetic data
 (3x28x28, batch 128) and prints training samples per second for:
@@ -9,7 +9,8 @@ Trains the paper's models with ``rethink.train.engine.train`` on CIFAR-shaped sy
   autograd with fused SGD, foreach SGD and the plain per-tensor loop;
 - channels_last memory format for the convolutional models (model, or model and data) against
   the default layout;
-- ``torch.compile`` (``--compile``) against eager;
+- ``torch.compile`` (``--compile``) against eager, for the full-width models and for the ``cpu``
+  scale's narrow Inception (width 0.125) on Fashion-MNIST-shaped (1x28x28) and CIFAR-shaped inputs;
 - evaluation: the engine's batch size (``eval_batch``: 2048, 128 for convolutional models) under
   ``torch.inference_mode`` against other sizes and a conventional loop (128, ``no_grad``, ``.item()``);
 - flushing denormal numbers to zero, on matrix products with denormal inputs.
@@ -34,18 +35,18 @@ from rethink.train.engine import TrainConfig, TrainData, channels_last, eval_bat
 SHAPE = (3, 28, 28)
 
 
-def data(n: int, channels_last: bool = False) -> TrainData:
+def data(n: int, channels_last: bool = False, shape: tuple = SHAPE) -> TrainData:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, *SHAPE, generator=g)
+    x = torch.randn(n, *shape, generator=g)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (n,), generator=g)
     return TrainData(x, y, x[:128], y[:128], y, torch.zeros(n, dtype=torch.bool))
 
 
-def model(name: str, channels_last: bool = False) -> torch.nn.Module:
+def model(name: str, channels_last: bool = False, shape: tuple = SHAPE, **options) -> torch.nn.Module:
     torch.manual_seed(0)
-    m = build(name, SHAPE, 10)
+    m = build(name, shape, 10, **options)
     return m.to(memory_format=torch.channels_last) if channels_last else m
 
 
@@ -111,13 +112,15 @@ def memory_format(name: str, steps: int, rounds: int) -> None:
         "channels_last model and data": lambda: samples_per_s(*cl_data, steps)}, rounds))
 
 
-def compiled(name: str, steps: int, rounds: int) -> None:
-    eager, comp, d = model(name), model(name), data(steps * 128)
+def compiled(name: str, steps: int, rounds: int, shape: tuple = SHAPE, **options) -> None:
+    eager, comp = model(name, shape=shape, **options), model(name, shape=shape, **options)
+    d = data(steps * 128, shape=shape)
+    label = f"{name} {' '.join(f'{k} {v}' for k, v in options.items())} on {'x'.join(map(str, shape))}"
     samples_per_s(eager, d, 2)
     t = time.perf_counter()
     samples_per_s(comp, d, 2, compile=True)
-    print(f"{name}: compiling took {time.perf_counter() - t:.0f} s")
-    show(f"{name}, torch.compile (samples/s)", best_of({
+    print(f"{label}: compiling took {time.perf_counter() - t:.0f} s")
+    show(f"{label}, torch.compile (samples/s)", best_of({
         "eager": lambda: samples_per_s(eager, d, steps),
         "compiled": lambda: samples_per_s(comp, d, steps, compile=True)}, rounds))
 
@@ -173,20 +176,28 @@ def denormals(rounds: int) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=("step", "layout", "compile", "evaluation", "denormals"),
+                    help="only this group of measurements")
     args = ap.parse_args(argv)
     rounds = 2 if args.quick else 3
     torch.set_flush_denormal(True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for name in ("mlp1x512", "mlp3x512"):
+    run = {g: args.only in (None, g) for g in ("step", "layout", "compile", "evaluation", "denormals")}
+    for name in ("mlp1x512", "mlp3x512") if run["step"] else ():
         optimizers(name, 30 if args.quick else 60, rounds)
-    for name, steps in (("alexnet", 5), ("inception", 2), ("inception-nobn", 2)):
+    for name, steps in (("alexnet", 5), ("inception", 2), ("inception-nobn", 2)) if run["layout"] else ():
         memory_format(name, steps if args.quick else math.ceil(1.5 * steps), rounds)
-    for name in ("mlp1x512", "alexnet"):
-        compiled(name, 30 if name.startswith("mlp") else 5, rounds)
-    evaluation("mlp1x512", 10000, rounds)
-    evaluation("alexnet", 2048, rounds)
-    evaluation("inception", 512, rounds)
-    denormals(rounds)
+    if run["compile"]:
+        for name in ("mlp1x512", "alexnet"):
+            compiled(name, 30 if name.startswith("mlp") else 5, rounds)
+        for shape in ((1, 28, 28), SHAPE):  # the cpu scale's Inception (figure1b): compiling pays
+            compiled("inception", 10 if args.quick else 20, rounds, shape=shape, width=0.125)
+    if run["evaluation"]:
+        evaluation("mlp1x512", 10000, rounds)
+        evaluation("alexnet", 2048, rounds)
+        evaluation("inception", 512, rounds)
+    if run["denormals"]:
+        denormals(rounds)
     return 0
 
 

@@ -134,6 +134,20 @@ def test_sweep_cli_json(grid_file, tmp_path, capsys):
     assert "does not exist" in err and "unknown executor 'slurm'" in err and "--workers 0" in err
 
 
+def test_sweep_compiles_the_runs_that_train_alone(tmp_path, capsys):
+    grid = tmp_path / "small.toml"
+    grid.write_text(GRID.replace("seeds = 2", "seeds = 1").replace("epochs = 60", "epochs = 2")
+                    .replace("p = [0.0, 0.5, 1.0]", "p = [0.0, 1.0]"))
+    alone = str(tmp_path / "alone.sqlite")
+    assert main(["sweep", str(grid), "--compile", "--no-batch", "--store", alone, "--json", "--quiet"]) == 0
+    import json
+    out = json.loads(capsys.readouterr().out)
+    assert [(o["compiled"], o["models_in_batch"]) for o in out] == [(True, 1), (True, 1)]
+    assert {r["summary"]["compiled"] for r in Store(alone).runs()} == {True}  # as stored
+    batched = run_sweep(load_grid(str(grid)), str(tmp_path / "batched.sqlite"), compile=True, progress=False)
+    assert [(r.summary["compiled"], r.summary["models_in_batch"]) for r in batched] == [(False, 2), (False, 2)]
+
+
 def test_a_store_being_created_by_another_process_opens(tmp_path, monkeypatch):
     """Under torchrun every rank opens the same new store at once. Here another opener creates
     the store between this opener's first and second look at it; the store must still open."""

@@ -57,7 +57,8 @@ class RunResult:
     def to_json(self) -> dict:
         """The object ``rethink run --json`` prints."""
         keys = ("num_params", "train_acc", "test_acc", "time_to_fit", "train_loss", "test_loss", "steps",
-                "epochs", "train_seconds", "best_test_acc", "n_train", "n_test", "device")
+                "epochs", "train_seconds", "best_test_acc", "n_train", "n_test", "device", "models_in_batch",
+                "compiled")
         return {"run_id": self.run_id, "status": self.status, **{k: self.summary.get(k) for k in keys},
                 "cached": self.cached, "spec": self.spec.to_dict()}
 

@@ -23,7 +23,8 @@ Every run records the size of the batch it trained in (``models_in_batch`` in it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -53,8 +54,24 @@ class GroupJob:
 
 def group_key(spec: RunSpec) -> tuple | None:
     """Runs with equal keys may share a batch; None: this run trains alone."""
-    if (spec.dropout or ":" in spec.model or getattr(spec, "stream", False) or distributed.world_size() > 1
-            or not small_enough([spec])):
+    if spec.dropout or ":" in spec.model or getattr(spec, "stream", False) or distributed.world_size() > 1:
+        return None
+    # what each model keeps for itself changes neither the key nor the step's size: a sweep's
+    # runs share one look at the model (a meta forward pass, ~10 ms)
+    return _shared_key(_shape_only(spec))
+
+
+_PER_MODEL_DEFAULTS = {f.name: f.default for f in fields(RunSpec) if f.name in PER_MODEL}
+
+
+def _shape_only(spec: RunSpec) -> RunSpec:
+    """The spec without what each model of a batch keeps for itself."""
+    return spec.replace(**_PER_MODEL_DEFAULTS)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_key(spec: RunSpec) -> tuple | None:
+    if not small_enough([spec]):
         return None
     mlp_depth = len(_hidden(_meta_model(spec, (1, 1, 1), 2))) if spec.model in MLPS else None
     varying = PER_MODEL + (MLP_SHAPE if mlp_depth is not None else ())
@@ -74,7 +91,8 @@ def plan(jobs: list) -> list:
     for members in groups.values():
         for i in range(0, len(members), MAX_MODELS):
             chunk = members[i : i + MAX_MODELS]
-            planned.extend([GroupJob(chunk)] if len(chunk) > 1 and small_enough([j.spec for j in chunk]) else chunk)
+            shapes = list(dict.fromkeys(_shape_only(j.spec) for j in chunk))  # one meta model per width
+            planned.extend([GroupJob(chunk)] if len(chunk) > 1 and small_enough(shapes) else chunk)
     return planned
 
 

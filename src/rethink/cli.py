@@ -69,6 +69,13 @@ def _add_spec_flags(p: argparse.ArgumentParser) -> None:
                        help=f"{HELP.get(f.name, '')} (default: {f.default})")
 
 
+def _add_compile_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile: same numbers to float rounding; compiling takes about a "
+                        "minute per run, worth it for convolutional runs of several minutes (runs trained "
+                        "batched are not compiled)")
+
+
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
     from .api import DEFAULT_STORE
 
@@ -155,7 +162,7 @@ def cmd_sweep(args) -> int:
     results = run_sweep(specs, args.store, executor=args.executor, workers=args.workers, force=args.force,
                         executor_options=ray_flags if args.executor == "ray" else None,
                         checkpoint_dir=args.checkpoint_dir, checkpoint_interval=args.checkpoint_interval,
-                        progress=not args.quiet, batch=args.batch)
+                        progress=not args.quiet, batch=args.batch, compile=args.compile)
     rows = [[r.run_id, r.status, r.spec.model, r.spec.randomize + (f" p={r.spec.p:g}" if r.spec.randomize == "partial-labels" else ""),
              r.spec.seed, _pct(r.train_acc), _pct(r.test_acc), fmt_fit(r.time_to_fit), "stored" if r.cached else "ran"]
             for r in results]
@@ -174,7 +181,7 @@ def cmd_reproduce(args) -> int:
 
     output, _ = reproduce(args.name, args.scale, dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds,
                               out=args.out, store=args.store, executor=args.executor, workers=args.workers,
-                              progress=not args.quiet and rank() == 0)
+                              progress=not args.quiet and rank() == 0, compile=args.compile)
     for table in output.tables if rank() == 0 else ():  # under torchrun, rank 0 alone reports
         print(to_markdown(table) + "\n")
     return 0
@@ -378,8 +385,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train one model under one randomization test")
     _add_spec_flags(p)
     _add_store_flags(p)
-    p.add_argument("--compile", action="store_true",
-                   help="train through torch.compile (same numbers to float rounding; compiling takes a while)")
+    _add_compile_flag(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="run a grid of specs (skips finished runs, resumes interrupted ones)")
@@ -398,6 +404,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batch", dest="batch", action="store_false",
                    help="train every run on its own (default: runs of small models train several at once, as a "
                         "fixed rule over the specs decides; see rethink.batching)")
+    _add_compile_flag(p)
     _add_store_flags(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -415,6 +422,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", help="local or process")
     p.add_argument("--workers", type=int, default=2, help="worker processes for --executor process")
     p.add_argument("--quiet", action="store_true")
+    _add_compile_flag(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("report", help="one self-contained HTML file with every figure and table the store can make")

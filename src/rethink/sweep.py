@@ -95,6 +95,7 @@ class Job:
     checkpoint_path: str | None
     checkpoint_interval: float
     resume: bool
+    compile: bool = False  # train through torch.compile (runs that train alone)
 
 
 def _work(job: Job | GroupJob) -> api.RunResult | list[api.RunResult]:
@@ -102,7 +103,7 @@ def _work(job: Job | GroupJob) -> api.RunResult | list[api.RunResult]:
     if isinstance(job, GroupJob):
         return execute_group(job)
     return api.execute(job.spec, job.checkpoint_path, checkpoint_interval=job.checkpoint_interval,
-                       resume=job.resume)
+                       resume=job.resume, compile=job.compile)
 
 
 class LocalExecutor:
@@ -180,13 +181,16 @@ def run_sweep(
     progress: bool = True,
     executor_options: dict | None = None,
     batch: bool = True,
+    compile: bool = False,
 ) -> list[api.RunResult]:
     """Run every spec not already finished in ``store``; returns results in the order of ``specs``.
 
     The driver alone writes the store: each result is recorded (in its own transaction) as soon as
     it comes back, so an interrupted sweep keeps every finished run. KeyboardInterrupt is raised
     again after recording what finished. With ``batch`` (and the local or process executor), runs
-    of small models train several at once where :mod:`rethink.batching`'s rule says so.
+    of small models train several at once where :mod:`rethink.batching`'s rule says so. With
+    ``compile``, runs that train alone train through ``torch.compile`` (a batch never does; each
+    run's summary says whether it was compiled).
     """
     from tqdm import tqdm
 
@@ -205,7 +209,8 @@ def run_sweep(
         if stored is not None:
             results[spec.run_id] = stored
         else:
-            todo.append(Job(spec, api.checkpoint_file(db, spec, checkpoint_dir), checkpoint_interval, not force))
+            todo.append(Job(spec, api.checkpoint_file(db, spec, checkpoint_dir), checkpoint_interval, not force,
+                            compile))
     pool = make_executor(executor, workers, **(executor_options or {})) if todo else None  # before any write
     for job in todo if writes else ():
         api.start(db, job.spec, status="queued")

@@ -84,14 +84,16 @@ def reproduce(
     executor: str = "local",
     workers: int = 1,
     progress: bool = True,
+    compile: bool = False,
 ) -> tuple[Output, list[str]]:
-    """Run (or read back) the recipe's runs, then write its figures and tables to ``out``."""
+    """Run (or read back) the recipe's runs, then write its figures and tables to ``out``.
+    ``compile``: runs that train alone train through ``torch.compile``."""
     options = {"dataset": dataset, "data_dir": data_dir}
     specs = recipe_specs(name, scale, options, seeds)
     out = out or os.path.join("results", name)
     t0 = time.perf_counter()
     db = Store(store)
-    results = run_sweep(specs, db, executor=executor, workers=workers, progress=progress)
+    results = run_sweep(specs, db, executor=executor, workers=workers, progress=progress, compile=compile)
     failed = [r.run_id for r in results if r.status == "failed"]
     if failed:
         raise UserError(f"{len(failed)} runs failed ({', '.join(failed)}; see 'rethink runs'); "

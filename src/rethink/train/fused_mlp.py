@@ -32,11 +32,6 @@ def is_plain_mlp(model: nn.Module) -> bool:
             and all(m.bias is not None for m in model.children() if isinstance(m, nn.Linear)))
 
 
-def _t(a: torch.Tensor) -> torch.Tensor:
-    """The matrix transpose (of each stacked matrix)."""
-    return a.transpose(-2, -1)
-
-
 def forward(params: list[torch.Tensor], x: torch.Tensor, keep: bool = False):
     """The logits, class-major (K x classes x B), for inputs ``x`` (K x B x ...) of K stacked MLPs
     whose parameters are ``params`` (w1, b1, w2, b2, ..., each with a leading K). Class-major,
@@ -46,9 +41,9 @@ def forward(params: list[torch.Tensor], x: torch.Tensor, keep: bool = False):
     inputs = []
     for i in range(0, len(params) - 2, 2):
         inputs.append(h)
-        h = torch.baddbmm(params[i + 1].unsqueeze(1), h, _t(params[i])).relu_()
+        h = torch.baddbmm(params[i + 1].unsqueeze(1), h, params[i].mT).relu_()
     inputs.append(h)
-    logits = torch.baddbmm(params[-1].unsqueeze(-1), params[-2], _t(h))
+    logits = torch.baddbmm(params[-1].unsqueeze(-1), params[-2], h.mT)
     return (logits, inputs) if keep else logits
 
 
@@ -87,10 +82,10 @@ class FusedStep:
         if minus_one is None:
             minus_one = self.minus_one[rows.shape] = torch.full(rows.shape, -1.0, dtype=logp.dtype, device=logp.device)
         g = logp.exp_().scatter_add_(-2, rows, minus_one).div_(y.shape[-1])  # (softmax - one_hot(y)) / B
-        g = _t(g)  # batch-major: B x classes
+        g = g.mT  # batch-major: B x classes
         for i in range(len(params) - 2, -1, -2):
             h = inputs[i // 2]
-            torch.bmm(_t(g), h, out=grads[i])
+            torch.bmm(g.mT, h, out=grads[i])
             torch.sum(g, -2, out=grads[i + 1])
             if i:  # the gradient for the layer below
                 g = torch.ops.aten.threshold_backward(torch.bmm(g, params[i]), h, 0.0)
