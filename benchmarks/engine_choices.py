@@ -33,6 +33,7 @@ from rethink.train import engine
 from rethink.train.engine import TrainConfig, TrainData, channels_last, eval_batch, make_optimizer, train
 
 SHAPE = (3, 28, 28)
+GROUPS = ("step", "layout", "compile", "evaluation", "denormals")  # --only
 
 
 def data(n: int, channels_last: bool = False, shape: tuple = SHAPE) -> TrainData:
@@ -176,13 +177,12 @@ def denormals(rounds: int) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=("step", "layout", "compile", "evaluation", "denormals"),
-                    help="only this group of measurements")
+    ap.add_argument("--only", choices=GROUPS, help="only this group of measurements")
     args = ap.parse_args(argv)
     rounds = 2 if args.quick else 3
     torch.set_flush_denormal(True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    run = {g: args.only in (None, g) for g in ("step", "layout", "compile", "evaluation", "denormals")}
+    run = {g: args.only in (None, g) for g in GROUPS}
     for name in ("mlp1x512", "mlp3x512") if run["step"] else ():
         optimizers(name, 30 if args.quick else 60, rounds)
     for name, steps in (("alexnet", 5), ("inception", 2), ("inception-nobn", 2)) if run["layout"] else ():

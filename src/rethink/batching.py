@@ -91,8 +91,10 @@ def plan(jobs: list) -> list:
     for members in groups.values():
         for i in range(0, len(members), MAX_MODELS):
             chunk = members[i : i + MAX_MODELS]
-            shapes = list(dict.fromkeys(_shape_only(j.spec) for j in chunk))  # one meta model per width
-            planned.extend([GroupJob(chunk)] if len(chunk) > 1 and small_enough(shapes) else chunk)
+            # one shape: group_key has sized its step already; MLPs of several widths: the padded one
+            shapes = list(dict.fromkeys(_shape_only(j.spec) for j in chunk))
+            planned.extend([GroupJob(chunk)] if len(chunk) > 1 and (len(shapes) == 1 or small_enough(shapes))
+                           else chunk)
     return planned
 
 
