@@ -10,7 +10,8 @@ Trains the paper's models with ``rethink.train.engine.train`` on CIFAR-shaped sy
 - channels_last memory format for the convolutional models (model, or model and data) against
   the default layout;
 - ``torch.compile`` (``--compile``) against eager, for the full-width models and for the ``cpu``
-  scale's narrow Inception (width 0.125) on Fashion-MNIST-shaped (1x28x28) and CIFAR-shaped inputs;
+  scale's narrow Inception (width 0.125) on Fashion-MNIST-shaped (1x28x28) and CIFAR-shaped inputs,
+  and its static graphs (the engine's) against dynamic shapes for epochs ending in a smaller batch;
 - evaluation: the engine's batch size (``eval_batch``: 2048, 128 for convolutional models) under
   ``torch.inference_mode`` against other sizes and a conventional loop (128, ``no_grad``, ``.item()``);
 - flushing denormal numbers to zero, on matrix products with denormal inputs.
@@ -126,6 +127,28 @@ def compiled(name: str, steps: int, rounds: int, shape: tuple = SHAPE, **options
         "compiled": lambda: samples_per_s(comp, d, steps, compile=True)}, rounds))
 
 
+def static_graphs(steps: int, rounds: int, shape: tuple) -> None:
+    """Epochs that end in a smaller batch (the cpu scale's Inception on 6,000 images: 46 batches of
+    128, then 112), compiled as the engine compiles (``dynamic=False``: one static graph per batch
+    size) against ``torch.compile``'s default, which recompiles for dynamic shapes at the second size."""
+    d = data(steps * 128 - 16, shape=shape)  # the epoch's last batch has 112 images
+    models = {dynamic: model("inception", shape=shape, width=0.125) for dynamic in (False, None)}
+    real = torch.compile
+
+    def run(dynamic, n):
+        torch.compile = lambda m, **kw: real(m, dynamic=dynamic)
+        try:
+            return samples_per_s(models[dynamic], d, n, compile=True)
+        finally:
+            torch.compile = real
+
+    for dynamic in models:  # compile both graphs of each before timing
+        run(dynamic, steps)
+    show(f"inception width 0.125 on {'x'.join(map(str, shape))}, epochs ending in a batch of 112, compiled "
+         "(samples/s)", best_of({"static graphs (the engine's)": lambda: run(False, steps),
+                                 "dynamic shapes (torch.compile's default)": lambda: run(None, steps)}, rounds))
+
+
 def evaluation(name: str, n: int, rounds: int) -> None:
     m, d = model(name, channels_last=name != "mlp1x512"), data(n)  # as the engine trains them
 
@@ -192,6 +215,7 @@ def main(argv=None) -> int:
             compiled(name, 30 if name.startswith("mlp") else 5, rounds)
         for shape in ((1, 28, 28), SHAPE):  # the cpu scale's Inception (figure1b): compiling pays
             compiled("inception", 10 if args.quick else 20, rounds, shape=shape, width=0.125)
+        static_graphs(10 if args.quick else 20, rounds, (1, 28, 28))
     if run["evaluation"]:
         evaluation("mlp1x512", 10000, rounds)
         evaluation("alexnet", 2048, rounds)

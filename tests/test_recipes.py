@@ -61,6 +61,43 @@ def test_figure1b_and_1c_share_runs(smoke):
     assert len(recs["figure1b"]["run_ids"]) == 3 * len(protocol("smoke").p_levels)
 
 
+def test_cpu_figure1b_runs_inception_on_6000_fashion_mnist_images_compiled(monkeypatch, tmp_path):
+    """At the cpu scale figure1b's Inception keeps its own dataset (whatever --dataset names), size and
+    evaluation interval, and only its runs are compiled unless --compile/--no-compile says otherwise;
+    the other recipes keep the scale's settings for Inception."""
+    import rethink.recipes as recipes
+
+    specs = recipes.recipe_specs("figure1b", "cpu", {"dataset": "imagefolder", "data_dir": "c.tar.gz"}, 2)
+    by_model = {m: [s for s in specs if s.model == m] for m in ("inception", "alexnet", "mlp1x512")}
+    assert {(s.dataset, s.data_dir, s.train_size, s.eval_every, s.width) for s in by_model["inception"]} == {
+        ("fashion-mnist", None, 6000, 3 * 47, 0.125)}
+    assert {(s.dataset, s.data_dir, s.train_size, s.eval_every) for s in by_model["alexnet"]} == {
+        ("imagefolder", "c.tar.gz", 3000, None)}
+    assert {s.train_size for s in by_model["mlp1x512"]} == {25000}
+    assert all(len(rs) == 2 * 6 for rs in by_model.values())
+    caption = recipes.get("figure1b").protocol("cpu").describe("imagefolder")
+    assert "imagefolder (Inception: fashion-mnist)" in caption and "Inception trained through torch.compile" in caption
+    table1 = [s for s in recipes.recipe_specs("table1", "cpu", {"dataset": "imagefolder"}, 1) if s.model == "inception"]
+    assert {(s.dataset, s.train_size) for s in table1} == {("imagefolder", 3000)}
+
+    seen = []
+
+    def sweep(specs, db, compile, **kwargs):
+        seen.append(compile)
+        return []
+
+    monkeypatch.setattr(recipes, "run_sweep", sweep)
+    monkeypatch.setattr(recipes, "render", lambda *a: None)
+    monkeypatch.setattr(recipes, "save", lambda *a: [])
+    monkeypatch.setattr(recipes, "close", lambda *a: None)
+    for choice in (None, True, False):
+        recipes.reproduce("figure1b", "cpu", store=str(tmp_path / "s.sqlite"), progress=False, compile=choice)
+    default, on, off = seen
+    assert [default(s) for s in (by_model["inception"][0], by_model["alexnet"][0], by_model["mlp1x512"][0])] == [
+        True, False, False]
+    assert (on, off) == (True, False)
+
+
 def rows_of(md: str):
     return [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| ")]
 

@@ -146,6 +146,9 @@ def test_sweep_compiles_the_runs_that_train_alone(tmp_path, capsys):
     assert {r["summary"]["compiled"] for r in Store(alone).runs()} == {True}  # as stored
     batched = run_sweep(load_grid(str(grid)), str(tmp_path / "batched.sqlite"), compile=True, progress=False)
     assert [(r.summary["compiled"], r.summary["models_in_batch"]) for r in batched] == [(False, 2), (False, 2)]
+    chosen = run_sweep(load_grid(str(grid)), str(tmp_path / "chosen.sqlite"), compile=lambda spec: spec.p == 1.0,
+                       batch=False, progress=False)  # the recipes' way: the protocol names the models
+    assert [(r.spec.p, r.summary["compiled"]) for r in chosen] == [(0.0, False), (1.0, True)]
 
 
 def test_a_store_being_created_by_another_process_opens(tmp_path, monkeypatch):

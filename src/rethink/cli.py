@@ -69,11 +69,13 @@ def _add_spec_flags(p: argparse.ArgumentParser) -> None:
                        help=f"{HELP.get(f.name, '')} (default: {f.default})")
 
 
+COMPILE_HELP = ("train through torch.compile: same numbers to float rounding; compiling takes up to a minute per "
+                "run; measured 2.3x faster for the cpu scale's narrow Inception, slower for the MLPs and AlexNet "
+                "(runs trained batched are not compiled)")
+
+
 def _add_compile_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--compile", action="store_true",
-                   help="train through torch.compile: same numbers to float rounding; compiling takes up to a "
-                        "minute per run; measured 2.3x faster for the cpu scale's narrow Inception, slower for "
-                        "the MLPs and AlexNet (runs trained batched are not compiled)")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
 
 
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
@@ -422,7 +424,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", help="local or process")
     p.add_argument("--workers", type=int, default=2, help="worker processes for --executor process")
     p.add_argument("--quiet", action="store_true")
-    _add_compile_flag(p)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help=COMPILE_HELP + "; default: the scale's choice (cpu: Inception compiled, the rest not), "
+                        "--no-compile: none")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("report", help="one self-contained HTML file with every figure and table the store can make")

@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 from . import api, distributed
 from .batching import GroupJob, execute_group, plan
@@ -181,7 +182,7 @@ def run_sweep(
     progress: bool = True,
     executor_options: dict | None = None,
     batch: bool = True,
-    compile: bool = False,
+    compile: bool | Callable[[RunSpec], bool] = False,
 ) -> list[api.RunResult]:
     """Run every spec not already finished in ``store``; returns results in the order of ``specs``.
 
@@ -189,8 +190,8 @@ def run_sweep(
     it comes back, so an interrupted sweep keeps every finished run. KeyboardInterrupt is raised
     again after recording what finished. With ``batch`` (and the local or process executor), runs
     of small models train several at once where :mod:`rethink.batching`'s rule says so. With
-    ``compile``, runs that train alone train through ``torch.compile`` (a batch never does; each
-    run's summary says whether it was compiled).
+    ``compile`` (or the specs for which ``compile(spec)`` is true), runs that train alone train
+    through ``torch.compile`` (a batch never does; each run's summary says whether it was compiled).
     """
     from tqdm import tqdm
 
@@ -210,7 +211,7 @@ def run_sweep(
             results[spec.run_id] = stored
         else:
             todo.append(Job(spec, api.checkpoint_file(db, spec, checkpoint_dir), checkpoint_interval, not force,
-                            compile))
+                            compile if isinstance(compile, bool) else compile(spec)))
     pool = make_executor(executor, workers, **(executor_options or {})) if todo else None  # before any write
     for job in todo if writes else ():
         api.start(db, job.spec, status="queued")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import api, distributed
@@ -28,15 +28,19 @@ class Recipe:
     description: str
     specs: Callable  # (protocol, options, seeds) -> list[RunSpec]
     render: Callable  # (results, protocol, options, seeds) -> (figures, tables)
+    protocols: dict = field(default_factory=dict)  # scale -> this recipe's own protocol (default: the scale's)
+
+    def protocol(self, scale: str):
+        return self.protocols.get(scale) or protocol(scale)
 
 
 RECIPES = {r.name: r for r in [
     Recipe("figure1a", "learning curves of Inception under the five randomization tests", figure1.specs_1a,
            figure1.render_1a),
     Recipe("figure1b", "time to overfit vs label corruption (Inception, AlexNet, MLP 1x512)", figure1.specs_p,
-           figure1.render_1b),
+           figure1.render_1b, figure1.P_PROTOCOLS),
     Recipe("figure1c", "test error vs label corruption (Inception, AlexNet, MLP 1x512)", figure1.specs_p,
-           figure1.render_1c),
+           figure1.render_1c, figure1.P_PROTOCOLS),
     Recipe("figure2b", "Inception with and without batch norm: accuracy curves, early-stopping gain",
            figure2.specs_2b, figure2.render_2b),
     Recipe("table1", "train/test accuracy with and without random crop and weight decay, random labels",
@@ -61,11 +65,13 @@ def get(name: str) -> Recipe:
 def recipe_specs(name: str, scale: str, options: dict, seeds: int):
     if seeds < 1:
         raise UserError(f"--seeds {seeds} must be at least 1")
-    return get(name).specs(protocol(scale), options, seeds)
+    recipe = get(name)
+    return recipe.specs(recipe.protocol(scale), options, seeds)
 
 
 def render(name: str, scale: str, options: dict, seeds: int, results) -> Output:
-    figures, tabs = get(name).render(results, protocol(scale), options, seeds)
+    recipe = get(name)
+    figures, tabs = recipe.render(results, recipe.protocol(scale), options, seeds)
     runs = [{"run_id": r.run_id, "status": r.status, "model": r.spec.model, "randomize": r.spec.randomize,
              "p": r.spec.p, "seed": r.spec.seed, "train_acc": r.train_acc, "test_acc": r.test_acc,
              "time_to_fit": r.time_to_fit} for r in results]
@@ -84,12 +90,16 @@ def reproduce(
     executor: str = "local",
     workers: int = 1,
     progress: bool = True,
-    compile: bool = False,
+    compile: bool | None = None,
 ) -> tuple[Output, list[str]]:
     """Run (or read back) the recipe's runs, then write its figures and tables to ``out``.
-    ``compile``: runs that train alone train through ``torch.compile``."""
+    ``compile``: runs that train alone train through ``torch.compile`` (True), or none do (False);
+    None: the runs of the models the scale's protocol names (``Protocol.compiled``)."""
     options = {"dataset": dataset, "data_dir": data_dir}
     specs = recipe_specs(name, scale, options, seeds)
+    if compile is None:
+        compiled = get(name).protocol(scale).compiled
+        compile = lambda spec: spec.model in compiled  # noqa: E731
     out = out or os.path.join("results", name)
     t0 = time.perf_counter()
     db = Store(store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,10 +28,13 @@ class Protocol:
     test_size: int | None
     widths: dict = field(default_factory=dict)  # model -> width multiplier (1 when absent)
     train_sizes: dict = field(default_factory=dict)  # model -> its own training-set size
+    datasets: dict = field(default_factory=dict)  # model -> its own dataset (default files), whatever --dataset says
     lr_decay: float = 0.95
     epochs: int = 100  # the cap of runs that stop when they fit
     budget_epochs: int = 100  # runs that train to the end of their budget (Table 1, Figure 2b)
     eval_every: int | None = None
+    eval_epochs: dict = field(default_factory=dict)  # model -> evaluated every this many epochs instead
+    compiled: tuple = ()  # models trained through torch.compile unless --compile/--no-compile says otherwise
     fit_threshold: float = 1.0
     p_levels: tuple = tuple(round(0.1 * i, 1) for i in range(11))
     weight_decay: float = 5e-4  # the paper gives no value for Table 1
@@ -42,11 +46,15 @@ class Protocol:
         widths = ", ".join(f"{LABELS.get(m, m)} at width {w:g}" for m, w in self.widths.items() if w != 1)
         decay = "constant learning rate (decay 1)" if self.lr_decay == 1 else f"learning rate x{self.lr_decay:g} per epoch"
         evals = f"every {self.eval_every} steps" if self.eval_every else "every epoch"
-        return (f"Scale '{self.scale}': {data or self.dataset}, {size}"
+        evals += "".join(f" ({LABELS.get(m, m)}: every {k} epochs)" for m, k in self.eval_epochs.items())
+        own = "".join(f" ({LABELS.get(m, m)}: {d})" for m, d in self.datasets.items())
+        return (f"Scale '{self.scale}': {data or self.dataset}{own}, {size}"
                 + (f"; {widths}" if widths else "; the paper's models at full width")
                 + f"; SGD momentum 0.9, batch 128, the paper's initial rates (0.1 Inception, 0.01 others), {decay}; "
                   f"budget {self.epochs} epochs ({self.budget_epochs} for runs not stopped at a fit); fit threshold {100 * self.fit_threshold:g}% training accuracy, "
-                  f"evaluated {evals}.")
+                  f"evaluated {evals}."
+                + (" " + ", ".join(LABELS.get(m, m) for m in self.compiled) + " trained through torch.compile."
+                   if self.compiled else ""))
 
 
 PROTOCOLS = {
@@ -62,7 +70,8 @@ PROTOCOLS = {
     "cpu": Protocol("cpu", "cifar10", 3000, 1000,
                     widths={"inception": 0.125, "inception-nobn": 0.125, "alexnet": 0.25},
                     train_sizes={"mlp1x512": 25000, "mlp3x512": 25000},
-                    lr_decay=1.0, epochs=300, budget_epochs=60, p_levels=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
+                    lr_decay=1.0, epochs=300, budget_epochs=60, p_levels=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                    compiled=("inception",)),  # 2.3x faster compiled (benchmarks/engine_choices.py --only compile)
     # The paper's own setting: CIFAR-10, full size, full models, lr x0.95 per epoch.
     "paper": Protocol("paper", "cifar10", None, None, lr_decay=0.95, epochs=100, budget_epochs=100),
 }
@@ -75,11 +84,18 @@ def protocol(scale: str) -> Protocol:
 
 
 def make_spec(proto: Protocol, options: dict, model: str, seed: int, **fields) -> RunSpec:
-    """A run of ``model`` under the scale's protocol; ``options`` may override the dataset."""
-    base = dict(dataset=options.get("dataset") or proto.dataset, data_dir=options.get("data_dir"),
-                train_size=proto.train_sizes.get(model, proto.train_size), test_size=proto.test_size, model=model,
-                width=proto.widths.get(model, 1.0), lr_decay=proto.lr_decay, epochs=proto.epochs,
-                eval_every=proto.eval_every, fit_threshold=proto.fit_threshold, seed=seed)
+    """A run of ``model`` under the scale's protocol; ``options`` may override the dataset (not a
+    model's own, ``Protocol.datasets``)."""
+    train_size = proto.train_sizes.get(model, proto.train_size)
+    eval_every = proto.eval_every
+    if model in proto.eval_epochs:  # needs the training-set size: the scale's, not all of a dataset
+        eval_every = proto.eval_epochs[model] * math.ceil(train_size / 128)
+    own = model in proto.datasets  # read from its default places: --data-dir names the other models' files
+    base = dict(dataset=proto.datasets[model] if own else options.get("dataset") or proto.dataset,
+                data_dir=None if own else options.get("data_dir"), train_size=train_size,
+                test_size=proto.test_size, model=model, width=proto.widths.get(model, 1.0),
+                lr_decay=proto.lr_decay, epochs=proto.epochs, eval_every=eval_every,
+                fit_threshold=proto.fit_threshold, seed=seed)
     base.update(fields)
     return RunSpec(**base)
 

@@ -267,7 +267,7 @@ def train(
         start_epoch = resume["epoch"]
     net = shard.wrap(model, device)
     if cfg.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, dynamic=False)  # an epoch's last, smaller batch: its own static graph
     fused = None
     if FUSED_MLP and not cfg.compile and shard.world == 1 and not uses_bf16(cfg, device):
         fused = fused_step(model, opt)
