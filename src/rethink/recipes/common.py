@@ -86,18 +86,17 @@ def protocol(scale: str) -> Protocol:
 def make_spec(proto: Protocol, options: dict, model: str, seed: int, **fields) -> RunSpec:
     """A run of ``model`` under the scale's protocol; ``options`` may override the dataset (not a
     model's own, ``Protocol.datasets``)."""
-    train_size = proto.train_sizes.get(model, proto.train_size)
-    eval_every = proto.eval_every
-    if model in proto.eval_epochs:  # needs the training-set size: the scale's, not all of a dataset
-        eval_every = proto.eval_epochs[model] * math.ceil(train_size / 128)
     own = model in proto.datasets  # read from its default places: --data-dir names the other models' files
     base = dict(dataset=proto.datasets[model] if own else options.get("dataset") or proto.dataset,
-                data_dir=None if own else options.get("data_dir"), train_size=train_size,
-                test_size=proto.test_size, model=model, width=proto.widths.get(model, 1.0),
-                lr_decay=proto.lr_decay, epochs=proto.epochs, eval_every=eval_every,
-                fit_threshold=proto.fit_threshold, seed=seed)
+                data_dir=None if own else options.get("data_dir"),
+                train_size=proto.train_sizes.get(model, proto.train_size), test_size=proto.test_size, model=model,
+                width=proto.widths.get(model, 1.0), lr_decay=proto.lr_decay, epochs=proto.epochs,
+                eval_every=proto.eval_every, fit_threshold=proto.fit_threshold, seed=seed)
     base.update(fields)
-    return RunSpec(**base)
+    spec = RunSpec(**base)
+    if model in proto.eval_epochs:  # in steps of the spec's own batch size and (the scale's) training-set size
+        spec = spec.replace(eval_every=proto.eval_epochs[model] * math.ceil(spec.train_size / spec.batch_size))
+    return spec
 
 
 def mean_std(values) -> tuple[float, float]:
