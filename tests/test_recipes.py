@@ -61,24 +61,29 @@ def test_figure1b_and_1c_share_runs(smoke):
     assert len(recs["figure1b"]["run_ids"]) == 3 * len(protocol("smoke").p_levels)
 
 
-def test_cpu_figure1b_runs_inception_on_6000_fashion_mnist_images_compiled(monkeypatch, tmp_path):
+def test_cpu_figure1b_gives_inception_and_alexnet_their_own_settings(monkeypatch, tmp_path):
     """At the cpu scale figure1b's Inception keeps its own dataset (whatever --dataset names), size and
     evaluation interval, and only its runs are compiled unless --compile/--no-compile says otherwise;
-    the other recipes keep the scale's settings for Inception."""
+    AlexNet trains at its own learning rate; the other recipes keep the scale's settings for both."""
     import rethink.recipes as recipes
 
     specs = recipes.recipe_specs("figure1b", "cpu", {"dataset": "imagefolder", "data_dir": "c.tar.gz"}, 2)
     by_model = {m: [s for s in specs if s.model == m] for m in ("inception", "alexnet", "mlp1x512")}
     assert {(s.dataset, s.data_dir, s.train_size, s.eval_every, s.width) for s in by_model["inception"]} == {
         ("fashion-mnist", None, 6000, 3 * 47, 0.125)}
-    assert {(s.dataset, s.data_dir, s.train_size, s.eval_every) for s in by_model["alexnet"]} == {
-        ("imagefolder", "c.tar.gz", 3000, None)}
-    assert {s.train_size for s in by_model["mlp1x512"]} == {25000}
+    assert {(s.dataset, s.data_dir, s.train_size, s.eval_every, s.lr) for s in by_model["alexnet"]} == {
+        ("imagefolder", "c.tar.gz", 3000, None, 0.0025)}
+    assert {(s.train_size, s.lr) for s in by_model["mlp1x512"]} == {(25000, None)}  # None: the paper's 0.01
+    assert {s.lr for s in by_model["inception"]} == {None}
     assert all(len(rs) == 2 * 6 for rs in by_model.values())
     caption = recipes.get("figure1b").protocol("cpu").describe("imagefolder")
     assert "imagefolder (Inception: fashion-mnist)" in caption and "Inception trained through torch.compile" in caption
-    table1 = [s for s in recipes.recipe_specs("table1", "cpu", {"dataset": "imagefolder"}, 1) if s.model == "inception"]
-    assert {(s.dataset, s.train_size) for s in table1} == {("imagefolder", 3000)}
+    assert "(0.1 Inception, 0.01 others) except AlexNet at 0.0025," in caption
+    table1 = [s for s in recipes.recipe_specs("table1", "cpu", {"dataset": "imagefolder"}, 1)
+              if s.model in ("inception", "alexnet")]
+    assert {(s.model, s.dataset, s.train_size, s.lr) for s in table1} == {
+        ("inception", "imagefolder", 3000, None), ("alexnet", "imagefolder", 3000, None)}
+    assert "except" not in recipes.get("table1").protocol("cpu").describe("imagefolder")
 
     seen = []
 

@@ -29,6 +29,7 @@ class Protocol:
     widths: dict = field(default_factory=dict)  # model -> width multiplier (1 when absent)
     train_sizes: dict = field(default_factory=dict)  # model -> its own training-set size
     datasets: dict = field(default_factory=dict)  # model -> its own dataset (default files), whatever --dataset says
+    lrs: dict = field(default_factory=dict)  # model -> its initial learning rate (the paper's when absent)
     lr_decay: float = 0.95
     epochs: int = 100  # the cap of runs that stop when they fit
     budget_epochs: int = 100  # runs that train to the end of their budget (Table 1, Figure 2b)
@@ -48,9 +49,11 @@ class Protocol:
         evals = f"every {self.eval_every} steps" if self.eval_every else "every epoch"
         evals += "".join(f" ({LABELS.get(m, m)}: every {k} epochs)" for m, k in self.eval_epochs.items())
         own = "".join(f" ({LABELS.get(m, m)}: {d})" for m, d in self.datasets.items())
+        rates = ", ".join(f"{LABELS.get(m, m)} at {lr:g}" for m, lr in self.lrs.items())
+        rates = f"the paper's initial rates (0.1 Inception, 0.01 others){' except ' + rates if rates else ''}"
         return (f"Scale '{self.scale}': {data or self.dataset}{own}, {size}"
                 + (f"; {widths}" if widths else "; the paper's models at full width")
-                + f"; SGD momentum 0.9, batch 128, the paper's initial rates (0.1 Inception, 0.01 others), {decay}; "
+                + f"; SGD momentum 0.9, batch 128, {rates}, {decay}; "
                   f"budget {self.epochs} epochs ({self.budget_epochs} for runs not stopped at a fit); fit threshold {100 * self.fit_threshold:g}% training accuracy, "
                   f"evaluated {evals}."
                 + (" " + ", ".join(LABELS.get(m, m) for m in self.compiled) + " trained through torch.compile."
@@ -90,8 +93,8 @@ def make_spec(proto: Protocol, options: dict, model: str, seed: int, **fields) -
     base = dict(dataset=proto.datasets[model] if own else options.get("dataset") or proto.dataset,
                 data_dir=None if own else options.get("data_dir"),
                 train_size=proto.train_sizes.get(model, proto.train_size), test_size=proto.test_size, model=model,
-                width=proto.widths.get(model, 1.0), lr_decay=proto.lr_decay, epochs=proto.epochs,
-                eval_every=proto.eval_every, fit_threshold=proto.fit_threshold, seed=seed)
+                width=proto.widths.get(model, 1.0), lr=proto.lrs.get(model), lr_decay=proto.lr_decay,
+                epochs=proto.epochs, eval_every=proto.eval_every, fit_threshold=proto.fit_threshold, seed=seed)
     base.update(fields)
     spec = RunSpec(**base)
     if model in proto.eval_epochs:  # in steps of the spec's own batch size and (the scale's) training-set size
