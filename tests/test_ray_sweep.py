@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 import pytest
-from test_sweep import stored
+from test_sweep import stored, torch_threads
 
 from rethink.cli import main
 from rethink.store import Store
@@ -64,7 +64,8 @@ def grid_file(tmp_path):
 def test_ray_sweep_matches_the_local_executor(grid_file, tmp_path, capsys):
     pytest.importorskip("ray")
     local = str(tmp_path / "local" / "s.sqlite")
-    run_sweep(load_grid(grid_file), local, progress=False, batch=False)  # one run at a time, as on Ray
+    with torch_threads(1):  # one run at a time with one thread, as a Ray task with --cpus-per-run 1
+        run_sweep(load_grid(grid_file), local, progress=False, batch=False)
     store = str(tmp_path / "ray" / "s.sqlite")
     assert main(["sweep", grid_file, "--executor", "ray", "--store", store, "--quiet"]) == 0  # starts local Ray
     assert len(stored(store)) == 8 and stored(store) == stored(local)
