@@ -15,7 +15,7 @@ import torch
 from rethink.cli import main
 from rethink.errors import UserError
 from rethink.store import Store
-from rethink.sweep import expand, load_grid, run_sweep
+from rethink.sweep import expand, load_grid, run_sweep, worker_threads
 
 GRID = """
 seeds = 2
@@ -94,7 +94,7 @@ def torch_threads(n: int):
 
 def test_process_executor_matches_local(grid_file, tmp_path):
     ref_store = str(tmp_path / "ref.sqlite")
-    with torch_threads(max(1, (os.cpu_count() or 1) // 2)):  # what each of the 2 workers gets
+    with torch_threads(worker_threads(2)):  # what each of the 2 workers gets
         ref_results = run_sweep(load_grid(grid_file), ref_store, progress=False, batch=False)
     assert len(ref_results) == 6 and all(r.status == "fitted" or r.status == "budget" for r in ref_results)
     store = str(tmp_path / "p.sqlite")

@@ -129,13 +129,17 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def worker_threads(workers: int) -> int:
+    """Each of ``workers`` processes' share of the CPU threads."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 class ProcessExecutor:
     """Runs jobs in ``workers`` spawned processes, each with its share of the CPU threads."""
 
     def __init__(self, workers: int = 2):
         self.workers = workers
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
-        self.pool = multiprocessing.get_context("spawn").Pool(self.workers, _init_worker, (threads,))
+        self.pool = multiprocessing.get_context("spawn").Pool(self.workers, _init_worker, (worker_threads(workers),))
 
     def run(self, jobs, on_start=None):
         yield from self.pool.imap_unordered(_work, jobs, chunksize=1)
