@@ -62,9 +62,9 @@ def test_figure1b_and_1c_share_runs(smoke):
 
 
 def test_cpu_figure1b_gives_inception_and_alexnet_their_own_settings(monkeypatch, tmp_path):
-    """At the cpu scale figure1b's Inception keeps its own dataset (whatever --dataset names), size and
-    evaluation interval, and only its runs are compiled unless --compile/--no-compile says otherwise;
-    AlexNet trains at its own learning rate; the other recipes keep the scale's settings for both."""
+    """At the cpu scale figure1b's Inception keeps its own dataset (whatever --dataset names), size,
+    evaluation interval and corruption levels, and only its runs are compiled unless --compile/--no-compile
+    says otherwise; AlexNet trains at its own learning rate; the other recipes keep the scale's settings for both."""
     import rethink.recipes as recipes
 
     specs = recipes.recipe_specs("figure1b", "cpu", {"dataset": "imagefolder", "data_dir": "c.tar.gz"}, 2)
@@ -75,9 +75,13 @@ def test_cpu_figure1b_gives_inception_and_alexnet_their_own_settings(monkeypatch
         ("imagefolder", "c.tar.gz", 3000, None, 0.0025)}
     assert {(s.train_size, s.lr) for s in by_model["mlp1x512"]} == {(25000, None)}  # None: the paper's 0.01
     assert {s.lr for s in by_model["inception"]} == {None}
-    assert all(len(rs) == 2 * 6 for rs in by_model.values())
+    levels = {m: sorted({s.p for s in rs}) for m, rs in by_model.items()}
+    assert levels == {"inception": [0.0, 0.4, 0.7, 1.0], "alexnet": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                      "mlp1x512": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]}
+    assert all(len(rs) == 2 * len(levels[m]) for m, rs in by_model.items())
     caption = recipes.get("figure1b").protocol("cpu").describe("imagefolder")
     assert "imagefolder (Inception: fashion-mnist)" in caption and "Inception trained through torch.compile" in caption
+    assert "Inception at p = 0, 0.4, 0.7, 1 only." in caption
     assert "(0.1 Inception, 0.01 others) except AlexNet at 0.0025," in caption
     table1 = [s for s in recipes.recipe_specs("table1", "cpu", {"dataset": "imagefolder"}, 1)
               if s.model in ("inception", "alexnet")]

@@ -38,7 +38,11 @@ class Protocol:
     compiled: tuple = ()  # models trained through torch.compile unless --compile/--no-compile says otherwise
     fit_threshold: float = 1.0
     p_levels: tuple = tuple(round(0.1 * i, 1) for i in range(11))
+    model_p_levels: dict = field(default_factory=dict)  # model -> its own corruption levels (Figure 1b, 1c)
     weight_decay: float = 5e-4  # the paper gives no value for Table 1
+
+    def p_levels_of(self, model: str) -> tuple:
+        return self.model_p_levels.get(model, self.p_levels)
 
     def describe(self, data: str | None = None) -> str:
         size = (f"{self.train_size or 'all'} train / {self.test_size or 'all'} test images"
@@ -51,11 +55,14 @@ class Protocol:
         own = "".join(f" ({LABELS.get(m, m)}: {d})" for m, d in self.datasets.items())
         rates = ", ".join(f"{LABELS.get(m, m)} at {lr:g}" for m, lr in self.lrs.items())
         rates = f"the paper's initial rates (0.1 Inception, 0.01 others){' except ' + rates if rates else ''}"
+        levels = "; ".join(f"{LABELS.get(m, m)} at p = {', '.join(f'{p:g}' for p in ps)} only"
+                           for m, ps in self.model_p_levels.items())
         return (f"Scale '{self.scale}': {data or self.dataset}{own}, {size}"
                 + (f"; {widths}" if widths else "; the paper's models at full width")
                 + f"; SGD momentum 0.9, batch 128, {rates}, {decay}; "
                   f"budget {self.epochs} epochs ({self.budget_epochs} for runs not stopped at a fit); fit threshold {100 * self.fit_threshold:g}% training accuracy, "
                   f"evaluated {evals}."
+                + (f" {levels}." if levels else "")
                 + (" " + ", ".join(LABELS.get(m, m) for m in self.compiled) + " trained through torch.compile."
                    if self.compiled else ""))
 
