@@ -12,6 +12,7 @@ import pytest
 from test_sweep import stored, torch_threads
 
 from rethink.cli import main
+from rethink.ray_executor import task_threads
 from rethink.store import Store
 from rethink.sweep import expand, load_grid, run_sweep
 
@@ -64,7 +65,7 @@ def grid_file(tmp_path):
 def test_ray_sweep_matches_the_local_executor(grid_file, tmp_path, capsys):
     pytest.importorskip("ray")
     local = str(tmp_path / "local" / "s.sqlite")
-    with torch_threads(1):  # one run at a time with one thread, as a Ray task with --cpus-per-run 1
+    with torch_threads(task_threads(1.0)):  # one run at a time, as a Ray task with the default --cpus-per-run 1
         run_sweep(load_grid(grid_file), local, progress=False, batch=False)
     store = str(tmp_path / "ray" / "s.sqlite")
     assert main(["sweep", grid_file, "--executor", "ray", "--store", store, "--quiet"]) == 0  # starts local Ray

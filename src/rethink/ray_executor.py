@@ -38,6 +38,11 @@ def _task(job: Job, threads: int):
         return e
 
 
+def task_threads(cpus_per_run: float) -> int:
+    """The torch threads of a task that asks for ``cpus_per_run`` CPUs."""
+    return max(1, int(cpus_per_run))
+
+
 class RayExecutor:
     """Runs every job as a Ray task; ``run`` yields results in the order they finish."""
 
@@ -61,7 +66,7 @@ class RayExecutor:
                                 "'ray start --head' or drop --address for a local instance") from None
         self.task = ray.remote(_task).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
                                               max_retries=max_retries, retry_exceptions=True)
-        self.threads, self.max_retries = max(1, int(cpus_per_run)), max_retries
+        self.threads, self.max_retries = task_threads(cpus_per_run), max_retries
 
     def run(self, jobs, on_start=None):
         self.pending = {self.task.remote(job, self.threads): job for job in jobs}
