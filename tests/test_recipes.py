@@ -70,18 +70,19 @@ def test_cpu_figure1b_gives_inception_and_alexnet_their_own_settings(monkeypatch
     specs = recipes.recipe_specs("figure1b", "cpu", {"dataset": "imagefolder", "data_dir": "c.tar.gz"}, 2)
     by_model = {m: [s for s in specs if s.model == m] for m in ("inception", "alexnet", "mlp1x512")}
     assert {(s.dataset, s.data_dir, s.train_size, s.eval_every, s.width) for s in by_model["inception"]} == {
-        ("fashion-mnist", None, 6000, 3 * 47, 0.125)}
+        ("fashion-mnist", None, 6000, 6 * 47, 0.125)}
     assert {(s.dataset, s.data_dir, s.train_size, s.eval_every, s.lr) for s in by_model["alexnet"]} == {
-        ("imagefolder", "c.tar.gz", 3000, None, 0.0025)}
-    assert {(s.train_size, s.lr) for s in by_model["mlp1x512"]} == {(25000, None)}  # None: the paper's 0.01
+        ("imagefolder", "c.tar.gz", 3000, 2 * 24, 0.0025)}
+    assert {(s.train_size, s.eval_every, s.lr) for s in by_model["mlp1x512"]} == {
+        (25000, 2 * 196, None)}  # None: the paper's 0.01
     assert {s.lr for s in by_model["inception"]} == {None}
     levels = {m: sorted({s.p for s in rs}) for m, rs in by_model.items()}
-    assert levels == {"inception": [0.0, 0.4, 0.7, 1.0], "alexnet": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
-                      "mlp1x512": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]}
+    assert levels == {"inception": [0.0, 0.5, 1.0], "alexnet": [0.0, 0.25, 0.5, 0.75, 1.0],
+                      "mlp1x512": [0.0, 0.25, 0.5, 0.75, 1.0]}
     assert all(len(rs) == 2 * len(levels[m]) for m, rs in by_model.items())
     caption = recipes.get("figure1b").protocol("cpu").describe("imagefolder")
     assert "imagefolder (Inception: fashion-mnist)" in caption and "Inception trained through torch.compile" in caption
-    assert "Inception at p = 0, 0.4, 0.7, 1 only." in caption
+    assert "Corruption levels p = 0, 0.25, 0.5, 0.75, 1 (Inception: 0, 0.5, 1)." in caption
     assert "(0.1 Inception, 0.01 others) except AlexNet at 0.0025," in caption
     table1 = [s for s in recipes.recipe_specs("table1", "cpu", {"dataset": "imagefolder"}, 1)
               if s.model in ("inception", "alexnet")]

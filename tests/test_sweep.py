@@ -137,6 +137,48 @@ def test_killed_sweep_resumes_to_the_same_results(reference, grid_file, tmp_path
         assert db.execute("SELECT count(DISTINCT run_id) FROM evals").fetchone()[0] == 6
 
 
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_process_workers_end_with_a_killed_driver(tmp_path):
+    """SIGKILL on `rethink sweep --executor process` ends its workers as well: orphaned, they would
+    train on and race the rerun for the same checkpoints."""
+    grid = tmp_path / "long.toml"
+    grid.write_text(GRID.replace("epochs = 60", "epochs = 5000"))  # minutes of training per run
+    exe = os.path.join(os.path.dirname(sys.executable), "rethink")
+    proc = subprocess.Popen([exe, "sweep", str(grid), "--store", str(tmp_path / "w.sqlite"), "--executor", "process",
+                             "--workers", "2", "--checkpoint-interval", "0", "--quiet", "--no-batch"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(os.listdir(ckpts) if ckpts.exists() else []) < 2:
+        time.sleep(0.1)
+    assert proc.poll() is None and len(os.listdir(ckpts)) >= 2, "both workers train"
+    with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+        children = [int(c) for c in f.read().split()]
+    workers = []
+    for pid in children:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"spawn_main" in f.read():
+                workers.append(pid)
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "workers went on training after their driver was killed"
+
+
 def test_sweep_cli_json(grid_file, tmp_path, capsys):
     store = str(tmp_path / "c.sqlite")
     assert main(["sweep", grid_file, "--store", store, "--json", "--quiet"]) == 0

@@ -120,12 +120,18 @@ class LocalExecutor:
         pass
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, driver: int) -> None:
     import signal
 
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and ends the workers
+    if sys.platform.startswith("linux"):  # a driver that dies any other way (kill, SIGKILL) ends them too
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != driver:  # it died before the line above
+            os._exit(1)
     torch.set_num_threads(threads)
 
 
@@ -139,7 +145,8 @@ class ProcessExecutor:
 
     def __init__(self, workers: int = 2):
         self.workers = workers
-        self.pool = multiprocessing.get_context("spawn").Pool(self.workers, _init_worker, (worker_threads(workers),))
+        self.pool = multiprocessing.get_context("spawn").Pool(self.workers, _init_worker,
+                                                                (worker_threads(workers), os.getpid()))
 
     def run(self, jobs, on_start=None):
         yield from self.pool.imap_unordered(_work, jobs, chunksize=1)

@@ -51,12 +51,13 @@ class Protocol:
         widths = ", ".join(f"{LABELS.get(m, m)} at width {w:g}" for m, w in self.widths.items() if w != 1)
         decay = "constant learning rate (decay 1)" if self.lr_decay == 1 else f"learning rate x{self.lr_decay:g} per epoch"
         evals = f"every {self.eval_every} steps" if self.eval_every else "every epoch"
-        evals += "".join(f" ({LABELS.get(m, m)}: every {k} epochs)" for m, k in self.eval_epochs.items())
+        if self.eval_epochs:
+            evals += f" ({', '.join(f'{LABELS.get(m, m)}: every {k} epochs' for m, k in self.eval_epochs.items())})"
         own = "".join(f" ({LABELS.get(m, m)}: {d})" for m, d in self.datasets.items())
         rates = ", ".join(f"{LABELS.get(m, m)} at {lr:g}" for m, lr in self.lrs.items())
         rates = f"the paper's initial rates (0.1 Inception, 0.01 others){' except ' + rates if rates else ''}"
-        levels = "; ".join(f"{LABELS.get(m, m)} at p = {', '.join(f'{p:g}' for p in ps)} only"
-                           for m, ps in self.model_p_levels.items())
+        levels = ", ".join(f"{LABELS.get(m, m)}: {_levels(ps)}" for m, ps in self.model_p_levels.items())
+        levels = f"Corruption levels p = {_levels(self.p_levels)} ({levels})" if levels else ""
         return (f"Scale '{self.scale}': {data or self.dataset}{own}, {size}"
                 + (f"; {widths}" if widths else "; the paper's models at full width")
                 + f"; SGD momentum 0.9, batch 128, {rates}, {decay}; "
@@ -65,6 +66,10 @@ class Protocol:
                 + (f" {levels}." if levels else "")
                 + (" " + ", ".join(LABELS.get(m, m) for m in self.compiled) + " trained through torch.compile."
                    if self.compiled else ""))
+
+
+def _levels(ps) -> str:
+    return ", ".join(f"{p:g}" for p in ps)
 
 
 PROTOCOLS = {
@@ -80,7 +85,7 @@ PROTOCOLS = {
     "cpu": Protocol("cpu", "cifar10", 3000, 1000,
                     widths={"inception": 0.125, "inception-nobn": 0.125, "alexnet": 0.25},
                     train_sizes={"mlp1x512": 25000, "mlp3x512": 25000},
-                    lr_decay=1.0, epochs=300, budget_epochs=60, p_levels=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                    lr_decay=1.0, epochs=300, budget_epochs=60, p_levels=(0.0, 0.25, 0.5, 0.75, 1.0),
                     compiled=("inception",)),  # 2.3x faster compiled (benchmarks/engine_choices.py --only compile)
     # The paper's own setting: CIFAR-10, full size, full models, lr x0.95 per epoch.
     "paper": Protocol("paper", "cifar10", None, None, lr_decay=0.95, epochs=100, budget_epochs=100),

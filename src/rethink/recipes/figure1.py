@@ -24,19 +24,23 @@ PAPER_1C_ERROR = {"inception": 0.13, "alexnet": 0.30, "mlp1x512": 0.50}
 # dataset-fashion-mnist installs them), whatever --dataset says. Its slowdown needs that many: on 1,000
 # images it is 1.2x at p = 1, on 3,000 2.0-2.7x but level from p = 0.6, on 6,000 5.5x and rising
 # steadily (README, "Measured"); 6,000 CIFAR-10 images do not fit the hour. To fit the hour it is
-# trained compiled and evaluated every 3 epochs (141 steps; its p = 0 run fits in about 2,400).
+# trained compiled.
 # AlexNet and the MLP keep the scale's dataset. The cap: 500 epochs (random labels took 284).
-# Inception runs at p = 0, 0.4, 0.7, 1 only: its six levels took 55 min on the 2-core AVX-512 machine of
-# 2026-11-27/28 but about 2 hours on a 2-core AVX2 EPYC (2026-11-29), whose compiled Inception step is
-# 2.2x slower; its steps to fit rose steadily over six levels in two seeds (README, "Measured"). The
-# four took the recipe to 74 min there, and one seed fitted p = 0.7 423 steps before p = 0.4.
+# Inception runs at p = 0, 0.5, 1 only, evaluated every 6 epochs (282 steps; its p = 0 run fitted at
+# 2,538 = 9 x 282), the others at p = 0, 0.25, ..., 1, evaluated every 2 epochs (48 and 392 steps, 2%
+# and 4.5% of their p = 0 runs). With six levels for all, Inception every 3 epochs and the others
+# every epoch, the recipe took 55 min on the 2-core AVX-512 machine of 2026-11-27/28 but would take
+# about 2 hours on a 2-core AVX2 EPYC (2026-11-29), whose compiled Inception step is 2.2x slower, and
+# with Inception at p = 0, 0.4, 0.7, 1 it took 74 min there; that seed fitted p = 0.7 423 steps
+# before p = 0.4 (at 0.3 apart one seed is noise-limited; the six-level runs put 3,200 and 4,800 steps
+# between p = 0.6 and 1, two seeds). Evaluating every epoch was a third of AlexNet's and the MLP's time.
 # AlexNet trains at a quarter of the paper's rate, constant: at 0.01 its slowdown with p (1.5-1.7x)
 # was within seed noise (seed 1 fitted p = 1 before p = 0.6 and 0.8); at 0.0025 it rises steadily,
 # 1.52-1.55x at p = 1 in two seeds (README, "Measured"); 6,000 images instead did not help.
 P_PROTOCOLS = {"cpu": replace(PROTOCOLS["cpu"], datasets={"inception": "fashion-mnist"},
                               train_sizes={**PROTOCOLS["cpu"].train_sizes, "inception": 6000},
-                              eval_epochs={"inception": 3}, lrs={"alexnet": 0.0025}, epochs=500,
-                              model_p_levels={"inception": (0.0, 0.4, 0.7, 1.0)})}
+                              eval_epochs={"inception": 6, "alexnet": 2, "mlp1x512": 2}, lrs={"alexnet": 0.0025},
+                              epochs=500, model_p_levels={"inception": (0.0, 0.5, 1.0)})}
 
 
 def _plt():
