@@ -56,14 +56,14 @@ class Protocol:
         own = "".join(f" ({LABELS.get(m, m)}: {d})" for m, d in self.datasets.items())
         rates = ", ".join(f"{LABELS.get(m, m)} at {lr:g}" for m, lr in self.lrs.items())
         rates = f"the paper's initial rates (0.1 Inception, 0.01 others){' except ' + rates if rates else ''}"
-        levels = ", ".join(f"{LABELS.get(m, m)}: {_levels(ps)}" for m, ps in self.model_p_levels.items())
-        levels = f"Corruption levels p = {_levels(self.p_levels)} ({levels})" if levels else ""
+        own_levels = ", ".join(f"{LABELS.get(m, m)}: {_levels(ps)}" for m, ps in self.model_p_levels.items())
+        levels = f" Corruption levels p = {_levels(self.p_levels)} ({own_levels})." if own_levels else ""
         return (f"Scale '{self.scale}': {data or self.dataset}{own}, {size}"
                 + (f"; {widths}" if widths else "; the paper's models at full width")
                 + f"; SGD momentum 0.9, batch 128, {rates}, {decay}; "
                   f"budget {self.epochs} epochs ({self.budget_epochs} for runs not stopped at a fit); fit threshold {100 * self.fit_threshold:g}% training accuracy, "
                   f"evaluated {evals}."
-                + (f" {levels}." if levels else "")
+                + levels
                 + (" " + ", ".join(LABELS.get(m, m) for m in self.compiled) + " trained through torch.compile."
                    if self.compiled else ""))
 
