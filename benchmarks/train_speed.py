@@ -171,7 +171,8 @@ def baseline_round(model, loader, steps: int) -> float:
     return steps * BATCH / (clock[-1] - clock[0])
 
 
-def throughput(name: str, steps: int, rounds: int, compile_: bool, log) -> dict:
+def throughput(name: str, steps: int, rounds: int, compile_: bool, log) -> tuple[dict, float, float]:
+    """The model's row, our best FLOP/s and the best peak measured beside its rounds."""
     rng = np.random.default_rng(0)
     n = (steps + 1) * BATCH
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # CIFAR-10's images, cropped to 28x28
@@ -191,19 +192,11 @@ def throughput(name: str, steps: int, rounds: int, compile_: bool, log) -> dict:
         now = ours_round(ours_model, data, steps, compile_)
         ours, best_peak = max(ours, now), max(best_peak, peak)
         base = max(base, baseline_round(base_model, loader, steps))
-        log(f"  {name} round {r + 1}: ours {now:,.0f} samples/s ({100 * now * flops / peak:.1f}% of "
-            f"{peak / 1e9:.0f} GFLOP/s), conventional {base:,.0f} (best so far)")
-    return {"model": name, "ours_samples_per_s": round(ours, 1), "baseline_samples_per_s": round(base, 1),
-            "ratio": round(ours / base, 2), "ours_flops": ours * flops, "peak_flops": best_peak}
-
-
-def against_run_peak(rows: list[dict]) -> list[dict]:
-    """The rows with each model's FLOP/s as a fraction of the best peak measured in the whole run
-    (the peak beside one round, or one model's rounds, reads low when load slowed those
-    measurements alone, and the fraction then high)."""
-    peak = max(r["peak_flops"] for r in rows)
-    return [{**{k: v for k, v in r.items() if k not in ("ours_flops", "peak_flops")},
-             "peak_fraction": round(r["ours_flops"] / peak, 3), "peak_gflops": round(peak / 1e9, 1)} for r in rows]
+        log(f"  {name} round {r + 1}: ours {now:,.0f} samples/s ({now * flops / 1e9:.0f} GFLOP/s; peak beside it "
+            f"{peak / 1e9:.0f}), conventional {base:,.0f} (best so far)")
+    row = {"model": name, "ours_samples_per_s": round(ours, 1), "baseline_samples_per_s": round(base, 1),
+           "ratio": round(ours / base, 2)}
+    return row, ours * flops, best_peak
 
 
 # -- time to fit ----------------------------------------------------------------------------------
@@ -261,9 +254,12 @@ def main(argv=None) -> int:
     log(f"torch {torch.__version__}, {threads} threads; float32 peak: the best of 3 torch.mm 4096x4096 before each "
         f"round (the run's best is the peak){'; ours compiled' if args.compile else ''}")
     q = 1 if args.quick else 0
-    rows = against_run_peak([throughput(name, STEPS[name][q], ROUNDS[q], args.compile, log) for name in models])
+    measured = [throughput(name, STEPS[name][q], ROUNDS[q], args.compile, log) for name in models]
+    peak = max(p for _, _, p in measured)  # the run's best: a peak beside one model's rounds reads low under load
+    rows = [{**row, "peak_fraction": round(ours / peak, 3), "peak_gflops": round(peak / 1e9, 1)}
+            for row, ours, _ in measured]
     log(f"\n| model | ours (samples/s) | conventional (samples/s) | ratio | ours, fraction of the float32 peak "
-        f"({rows[0]['peak_gflops']:.0f} GFLOP/s) |")
+        f"({peak / 1e9:.0f} GFLOP/s) |")
     log("|---|---|---|---|---|")
     for r in rows:
         log(f"| {r['model']} | {r['ours_samples_per_s']:,.0f} | {r['baseline_samples_per_s']:,.0f} | "

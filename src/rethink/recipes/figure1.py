@@ -28,12 +28,9 @@ PAPER_1C_ERROR = {"inception": 0.13, "alexnet": 0.30, "mlp1x512": 0.50}
 # AlexNet and the MLP keep the scale's dataset. The cap: 500 epochs (random labels took 284).
 # Inception runs at p = 0, 0.5, 1 only, evaluated every 6 epochs (282 steps; its p = 0 run fitted at
 # 2,538 = 9 x 282), the others at p = 0, 0.25, ..., 1, evaluated every 2 epochs (48 and 392 steps, 2%
-# and 4.5% of their p = 0 runs). With six levels for all, Inception every 3 epochs and the others
-# every epoch, the recipe took 55 min on the 2-core AVX-512 machine of 2026-11-27/28 but would take
-# about 2 hours on a 2-core AVX2 EPYC (2026-11-29), whose compiled Inception step is 2.2x slower, and
-# with Inception at p = 0, 0.4, 0.7, 1 it took 74 min there; that seed fitted p = 0.7 423 steps
-# before p = 0.4 (at 0.3 apart one seed is noise-limited; the six-level runs put 3,200 and 4,800 steps
-# between p = 0.6 and 1, two seeds). Evaluating every epoch was a third of AlexNet's and the MLP's time.
+# and 4.5% of their p = 0 runs), to fit the hour on a 2-core AVX2 EPYC, whose compiled Inception step
+# is 2.2x slower than the AVX-512 machine's: denser settings took 74 min there (README, "Measured").
+# Levels 0.5 apart: one seed orders levels 0.3 apart by noise (p = 0.7 fitted 423 steps before 0.4).
 # AlexNet trains at a quarter of the paper's rate, constant: at 0.01 its slowdown with p (1.5-1.7x)
 # was within seed noise (seed 1 fitted p = 1 before p = 0.6 and 0.8); at 0.0025 it rises steadily,
 # 1.52-1.55x at p = 1 in two seeds (README, "Measured"); 6,000 images instead did not help.
