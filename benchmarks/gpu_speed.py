@@ -71,9 +71,10 @@ def main(argv=None) -> int:
                    device=str(device))
     for bf16 in modes:
         r = time_to_fit(spec, device, bf16)
-        print(f"time to fit random labels, {args.train_size:,} {args.dataset} images, {name[bf16]}: {r['status']} "
-              f"after {r['epochs']} epochs, {r['train_seconds']:.0f} s of training, {r['wall_seconds']:.0f} s wall",
-              flush=True)
+        outcome = (f"fitted after {r['epochs']} epochs" if r["epochs"]
+                   else f"{r['status']} ({args.epochs} epochs, not fitted)")
+        print(f"time to fit random labels, {args.train_size:,} {args.dataset} images, {name[bf16]}: {outcome}, "
+              f"{r['train_seconds']:.1f} s of training, {r['wall_seconds']:.0f} s wall", flush=True)
     return 0
 
 
