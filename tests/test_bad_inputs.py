@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
 import sqlite3
 import struct
 import sys
@@ -109,6 +110,13 @@ def npz_labels_out_of_range(tmp: Path) -> str:
     return f"npz:{tmp / 'data' / 'd.npz'}"
 
 
+def npz_one_class(tmp: Path) -> str:
+    (tmp / "data").mkdir()
+    x = np.random.default_rng(0).random((6, 4, 4), np.float32)
+    np.savez(tmp / "data" / "one.npz", x_train=x, y_train=np.zeros(6, int), x_test=x, y_test=np.zeros(6, int))
+    return f"npz:{tmp / 'data' / 'one.npz'}"
+
+
 # -- spec files, stores, output paths -------------------------------------------------------------
 def with_file(name: str, content: bytes | str, *argv_template: str) -> Callable[[Path], list[str]]:
     """Write ``content`` to tmp/name, then the command with {file} replaced by its path."""
@@ -189,6 +197,18 @@ CATALOGUE = [
     Case("checkpoint folder that cannot be created", under_a_file(*RUN, "--dataset", "digits", "--checkpoint-dir", "{blocked}"), "--checkpoint-dir"),
     Case("report path that cannot be written", under_a_file("report", "--out", "{blocked}/report.html"), "--out"),
     Case("export path that cannot be written", under_a_file("export", "--out", "{blocked}/m.csv"), "--out"),
+    # wrong diagnoses, tracebacks and inputs once accepted silently
+    Case("kernel --max-memory below what the solve needs", lambda tmp: ["kernel", "--dataset", "digits", "--max-memory", "0.01", "--quiet"], "use --max-memory"),
+    Case("sweep grid file that does not exist", lambda tmp: ["sweep", str(tmp / "none.toml")], "path given to rethink sweep"),
+    Case("model factory that raises", run("--model", "operator:truediv"), "'operator:truediv' raised TypeError"),
+    Case("train size that leaves classes out", run("--train-size", "5"), "use --train-size 10 or more"),
+    Case("dataset whose training images are all one class", run_on(npz_one_class), "in one class"),
+    Case("negative checkpoint interval", run("--checkpoint-interval", "-5"), "--checkpoint-interval"),
+    Case("read command on a store that does not exist", lambda tmp: ["runs", "--store", str(tmp / "typo.sqlite")], "does not exist"),
+    Case("report on a store in a folder that does not exist", lambda tmp: ["report", "--store", str(tmp / "missing" / "x.sqlite")], "does not exist"),
+    Case("export of a run id not in the store", lambda tmp: ["export", "--run-id", "0123456789abcdef", "--out", "-"], "not in the store"),
+    Case("--store that is a folder", lambda tmp: [*RUN, "--dataset", "digits", "--store", str(tmp)], "is a folder"),
+    Case("no CPU threads", run("--threads", "0"), "--threads 0 must be at least 1"),
 ]
 
 
@@ -245,6 +265,13 @@ def catalogue_markdown() -> str:
 
 def test_docs_table_matches_the_catalogue():
     assert DOC.read_text() == catalogue_markdown(), "regenerate: python tests/test_bad_inputs.py > docs/bad-inputs.md"
+
+
+def test_readme_gives_no_count_of_the_catalogue_that_can_go_stale():
+    readme = (DOC.parent.parent / "README.md").read_text()
+    link = readme.index("(docs/bad-inputs.md)")
+    counts = [int(n) for n in re.findall(r"(\d+) (?:cases|bad inputs)", readme[link - 300 : link + 300])]
+    assert all(n == len(CATALOGUE) for n in counts), f"the README says {counts} beside a catalogue of {len(CATALOGUE)}"
 
 
 if __name__ == "__main__":

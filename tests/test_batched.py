@@ -333,8 +333,9 @@ def test_killed_batched_sweep_resumes_bitwise_and_process_executor_agrees(tmp_pa
         assert db.execute("SELECT count(*) FROM runs WHERE status = 'queued'").fetchone()[0] == 3
     again = subprocess.run([sys.executable, "-m", "rethink", *args, store], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    assert again.stderr.count("from its checkpoint after epoch 9") == 3
+    assert again.stderr.count("from its checkpoint at step 27") == 3  # epoch 9 of 3 steps
     assert stored(store) == stored(ref) and len(stored(ref)) == 3
     proc = str(tmp_path / "p.sqlite")
-    run_sweep(load_grid(str(grid)), proc, executor="process", workers=2, progress=False)
-    assert stored(proc) == stored(ref), "a worker process with 1 thread gives the same numbers"
+    # one worker keeps the batch of 3 whole (two would split it, and a batch's companions move the last float bits)
+    run_sweep(load_grid(str(grid)), proc, executor="process", workers=1, progress=False)
+    assert stored(proc) == stored(ref), "a worker process gives the same numbers"

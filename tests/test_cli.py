@@ -106,3 +106,35 @@ def test_store_errors(tmp_path, capsys):
 def test_argparse_errors_are_one_line():
     p = cli("run", "--no-such-flag")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--no-such-flag" in p.stderr
+
+
+@pytest.mark.parametrize("command", [["datasets"], ["export"], ["models", "--input-shape", "1,8,8"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, command):
+    """`rethink export | head`: stdout's reader closes early; no traceback, the exit status of SIGPIPE."""
+    if command == ["export"]:
+        store = str(tmp_path / "s.sqlite")
+        assert main(["run", *FAST, "--store", store]) == 0
+        command = ["export", "--store", store]
+    exe = os.path.join(os.path.dirname(sys.executable), "rethink")
+    p = subprocess.Popen([exe, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command has written anything: its first write fails
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 141 and err == "", err
+
+
+def test_augment_crop_on_images_without_a_crop_is_documented_and_shifts_by_an_eighth(capsys):
+    import torch
+
+    from rethink.data.transforms import augment
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "8x8 digits" in text and "zero-padded by an eighth of their side (at least 1 pixel)" in text
+    x = torch.rand(64, 1, 8, 8) + 1  # no zeros: padding shows as zeros
+    out = augment(x, ("crop",), None, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    shifts = [next(((dy, dx) for dy in range(3) for dx in range(3) if torch.equal(p[:, dy:dy + 8, dx:dx + 8], o)), None)
+              for p, o in zip(padded, out)]
+    assert None not in shifts and len(set(shifts)) > 1  # every crop is a shift by at most one pixel

@@ -114,31 +114,32 @@ def test_sigkill_then_rerun_gives_identical_results(reference, tmp_path, point, 
     again = rethink(*RUN, "--store", store)
     assert again.returncode == 0, again.stderr
     assert stored(store) == stored(str(reference / "s.sqlite"))
-    ref_weights, weights = final_weights(reference / "checkpoints"), final_weights(tmp_path / "checkpoints")
+    ref_weights, weights = final_weights(reference / "s.checkpoints"), final_weights(tmp_path / "s.checkpoints")
     assert weights.keys() == ref_weights.keys()
     assert all(torch.equal(weights[k], ref_weights[k]) for k in weights), "final weights differ"
-    leftovers = [f for f in os.listdir(tmp_path / "checkpoints") if not f.endswith(".pt")]
+    leftovers = [f for f in os.listdir(tmp_path / "s.checkpoints") if not f.endswith(".pt")]
     assert point != "checkpoint" or leftovers, "the half-written checkpoint was a temporary file"
 
 
 def test_a_half_written_checkpoint_never_replaces_the_last_good_one(tmp_path):
     store = str(tmp_path / "s.sqlite")
     assert rethink(*RUN, "--store", store, kill=("checkpoint", 4)).returncode == -signal.SIGKILL
-    (ckpt,) = [f for f in os.listdir(tmp_path / "checkpoints") if f.endswith(".pt")]
-    state = torch.load(tmp_path / "checkpoints" / ckpt, weights_only=False)
+    (ckpt,) = [f for f in os.listdir(tmp_path / "s.checkpoints") if f.endswith(".pt")]
+    state = torch.load(tmp_path / "s.checkpoints" / ckpt, weights_only=False)
     assert state["epoch"] == 3, "the checkpoint on disk is the last complete one"
     row = Store(store).runs()[0]
     assert row["status"] == "running" and not Store(store).evals(row["run_id"]), "no partial metrics"
 
 
 def test_concurrent_processes_share_one_store(tmp_path):
-    """Two sweeps (sharing two of their runs) and two single runs, all at once, on one store."""
+    """Two sweeps and two single runs, all at once, on one store (processes that would train the
+    same run refuse it instead: tests/test_store.py)."""
     store = str(tmp_path / "shared.sqlite")
     grid = tmp_path / "g.toml"
     grid.write_text('[base]\ndataset = "digits"\ntrain_size = 200\nmodel = "mlp"\nhidden = [32]\nepochs = 3\n'
                     '[[grid]]\nrandomize = "partial-labels"\np = [0.0, 0.25, 0.5, 0.75, 1.0]\n')
     grid2 = tmp_path / "g2.toml"
-    grid2.write_text(grid.read_text().replace("[0.0, 0.25, 0.5, 0.75, 1.0]", "[0.5, 0.75, 0.9]"))
+    grid2.write_text(grid.read_text().replace("[0.0, 0.25, 0.5, 0.75, 1.0]", "[0.1, 0.6, 0.9]"))
     exe = [sys.executable, "-m", "rethink"]
     commands = [[*exe, "sweep", str(grid), "--store", store, "--quiet"],
                 [*exe, "sweep", str(grid2), "--store", store, "--quiet"],
@@ -151,11 +152,11 @@ def test_concurrent_processes_share_one_store(tmp_path):
         assert p.wait(timeout=300) == 0, p.stderr.read()
     db = sqlite3.connect(store)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 6 + 2
-    assert db.execute("SELECT count(*) FROM runs WHERE status IN ('fitted', 'budget')").fetchone()[0] == 8
+    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 5 + 3 + 2
+    assert db.execute("SELECT count(*) FROM runs WHERE status IN ('fitted', 'budget')").fetchone()[0] == 10
     per_run = db.execute("SELECT run_id, count(*) FROM evals GROUP BY run_id").fetchall()
-    assert len(per_run) == 8 and all(n == 4 for _, n in per_run), per_run  # step 0 and after each of 3 epochs
+    assert len(per_run) == 10 and all(n == 4 for _, n in per_run), per_run  # step 0 and after each of 3 epochs
     steps = db.execute("SELECT run_id, count(*) FROM steps GROUP BY run_id").fetchall()
-    assert len(steps) == 8 and all(n == 6 for _, n in steps), steps  # 2 steps per epoch
+    assert len(steps) == 10 and all(n == 6 for _, n in steps), steps  # 2 steps per epoch
     # and the store is still usable by the tools
     assert main(["runs", "--store", store]) == 0

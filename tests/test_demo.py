@@ -38,3 +38,30 @@ def test_real_cifar10_jpeg_folder():
     assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
     assert sorted(set(ds.y_train.tolist())) == list(range(10))
     assert os.path.basename(ds.source) == "cifar10-jpeg.tar.gz"
+
+
+def test_demo_figure_tells_its_five_learning_curves_apart(tmp_path, monkeypatch):
+    """Curves that fall on top of each other (true labels and shuffled pixels on digits) must
+    still be told apart: each of the five has its own line style and marker, and a legend entry."""
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from rethink.demo import demo_specs, plot_demo
+
+    losses = list(np.linspace(2.3, 0.01, 156))  # every curve the same: only their styles tell them apart
+    results = [(name, SimpleNamespace(spec=spec, step_losses=losses, test_acc=0.5,
+                                      time_to_fit={"steps": 156, "epochs": 13, "seconds": 1.0},
+                                      summary={"n_train": 1437, "n_test": 360, "epochs": 13}))
+               for name, spec in demo_specs()]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure plot_demo closes
+    plot_demo(results, str(tmp_path / "demo.png"), "caption")
+    ax = figures[0].axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    curves = [name for name, _ in results if not name.startswith("partial")]
+    assert labels == curves
+    styles = {(h.get_linestyle(), h.get_marker()) for h in handles}
+    assert len(styles) == len(curves), styles
+    assert all(h.get_marker() not in ("None", "", None) for h in handles)

@@ -82,7 +82,7 @@ def test_torchrun_matches_one_process_and_resumes_after_a_kill(tmp_path):
     p = torchrun("-m", "rethink", "run", *flags, "--store", whole, "--json")
     assert p.returncode == 0, p.stderr
     assert p.stdout.count('"run_id"') == 1, "rank 0 alone reports"
-    assert os.listdir(tmp_path / "whole" / "checkpoints") == [f"{Store(whole).runs()[0]['run_id']}.pt"]
+    assert os.listdir(tmp_path / "whole" / "s.checkpoints") == [f"{Store(whole).runs()[0]['run_id']}.pt"]
     assert_close_to_single_process(whole, flags)
 
     killed = str(tmp_path / "killed" / "s.sqlite")
@@ -91,7 +91,7 @@ def test_torchrun_matches_one_process_and_resumes_after_a_kill(tmp_path):
     p = torchrun(str(script), "40", "run", *flags, "--store", killed)
     assert p.returncode != 0 and "Signal 9 (SIGKILL) received" in p.stderr, "rank 1 is killed at step 40 of 90"
     assert Store(killed).runs()[0]["status"] == "running"
-    assert os.listdir(tmp_path / "killed" / "checkpoints"), "rank 0 checkpointed every epoch until then"
+    assert os.listdir(tmp_path / "killed" / "s.checkpoints"), "rank 0 checkpointed every epoch until then"
     p = torchrun("-m", "rethink", "run", *flags, "--store", killed)
     assert p.returncode == 0, p.stderr
     assert "resuming run" in p.stderr

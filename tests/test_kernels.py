@@ -2,6 +2,7 @@
 guard, feature maps, the label-noise sweep, linear SGD and the two commands."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -138,6 +139,14 @@ def test_memory_guard_names_the_largest_n_that_fits(monkeypatch, huge_pages):
     capped = budget.largest_n(784, 10_000, 10, 3 * budget.GB)  # --max-memory 4 GB with 1 GB resident
     with pytest.raises(UserError, match=f"more than --max-memory 4 GB allows.*--train-size {capped} or less"):
         budget.check_fits(capped + 1, 784, 10_000, 10, max_memory_gb=4)
+    # --max-memory below what the process already holds: the fix is the flag, and its value fits
+    with pytest.raises(UserError, match=r"use --max-memory (\S+) or more") as e:
+        budget.check_fits(10_000, 784, 10_000, 10, max_memory_gb=0.5)
+    assert "free some memory" not in str(e.value)
+    suggested = float(re.search(r"--max-memory (\S+) or more", str(e.value)).group(1))
+    assert budget.check_fits(10_000, 784, 10_000, 10, max_memory_gb=suggested).n == 10_000
+    with pytest.raises(UserError, match=f"use --train-size {max_n} or less$"):  # the machine itself is short
+        budget.check_fits(60_000, 784, 10_000, 10, max_memory_gb=20)
 
 
 def test_memory_guard_refuses_before_building_in_the_command(monkeypatch, capsys):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
+from rethink.cli import main
 from rethink.errors import UserError
 from rethink.models import build, describe, model_names, num_params, options_of
 from rethink.models.alexnet import LocalResponseNorm
@@ -94,6 +95,16 @@ def test_inception_batchnorm_has_shift_but_no_scale():
     assert all(c.bias is None for c in convs)
     names = [n for n, _ in model.named_parameters()]
     assert not any(n.endswith("bn.weight") for n in names)
+
+
+@pytest.mark.parametrize("shape, width", [((3, 28, 28), 1.0), ((1, 8, 8), 0.125)])
+def test_inception_nobn_hands_its_classifier_a_signal_at_initialization(shape, width):
+    # without batch norm, PyTorch's default conv init shrinks the signal ~20x over the 20 layers
+    torch.manual_seed(0)
+    model = build("inception-nobn", shape, 10, width=width)
+    with torch.no_grad():
+        features = model[:-1](torch.randn(16, *shape))
+    assert features.std() > 0.3, float(features.std())
 
 
 def test_inception_nobn_has_no_batchnorm_and_conv_biases():
@@ -337,6 +348,9 @@ USER_MODULE = """
     def wrong_signature():
         return nn.Linear(1, 1)
 
+    def raises(input_shape, num_classes):
+        raise ValueError("no GPU here")
+
     NOT_CALLABLE = 3
 """
 
@@ -393,6 +407,23 @@ def test_user_model_failures(user_pkg, spec, match):
     msg = str(e.value)
     assert "\n" not in msg
     assert "mypkg.nets:make_model" in msg or "logits" in msg
+
+
+def test_user_factory_that_raises_is_one_line_with_its_traceback_on_demand(user_pkg, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RETHINK_DEBUG", raising=False)
+    argv = ["run", "--dataset", "digits", "--train-size", "100", "--epochs", "1", "--quiet",
+            "--model", f"{user_pkg}.nets:raises", "--store", str(tmp_path / "s.sqlite")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"model factory '{user_pkg}.nets:raises' raised ValueError: no GPU here" in err and "--debug" in err
+    for command, debug_env in ((["--debug", *argv], None), ([*argv, "--debug"], None), (argv, "1")):
+        if debug_env:
+            monkeypatch.setenv("RETHINK_DEBUG", debug_env)
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" in err and 'raise ValueError("no GPU here")' in err  # the user's own line
+        assert err.splitlines()[-1].startswith("rethink: error: model factory")
 
 
 def test_user_model_unknown_option(user_pkg):

@@ -199,3 +199,97 @@ def test_html_renders_in_chromium(output, tmp_path):
     page = to_html([output], title="browser check")
     dom = render_in_chromium(page, tmp_path, expect_images=2)
     assert "browser check" in dom and "figure1b" in dom and "(smoke scale)" in dom
+
+
+# -- what a reader of `rethink report` sees ----------------------------------------------------------
+def test_contents_and_captions_say_each_thing_once():
+    """A recipe's figure and table often share name and caption (figure1a): the contents name each
+    once, every anchor is unique, and the shared caption is printed once."""
+    f, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [1, 0])
+    caption = "Training loss under the randomization tests."
+    out = Output("figure1a", "smoke", [Table("figure1a", ["test", "loss"], [["true labels", "1.3"]], caption)],
+                 [Figure("figure1a", f, caption)], specs=[])
+    try:
+        page = to_html([out])
+    finally:
+        close(out)
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), ids
+    nav = re.search(r"<nav.*?</nav>", page, re.S).group(0)
+    assert re.findall(r">([^<>]+)</a>", nav) == ["figure1a", "figure", "table"]
+    assert all(href[1:] in ids for href in re.findall(r'href="(#[^"]+)"', nav))
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page, re.S)
+    assert sum(caption in c for c in captions) == 1, captions
+
+
+def test_environment_names_the_cuda_state():
+    cuda = environment()["cuda"]
+    assert isinstance(cuda, str) and cuda.strip()
+
+
+def test_report_lists_the_users_own_runs(tmp_path, capsys):
+    """`rethink run` results (in no recipe) get a Runs section with their key numbers, the
+    corrupted/clean accuracies of a partial-labels run included."""
+    from rethink.cli import main
+
+    store, page = str(tmp_path / "s.sqlite"), tmp_path / "report.html"
+    assert main(["run", "--dataset", "digits", "--train-size", "200", "--test-size", "100", "--randomize",
+                 "partial-labels", "--p", "0.5", "--epochs", "2", "--store", store, "--quiet", "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert main(["report", "--store", store, "--out", str(page)]) == 0
+    text = page.read_text()
+    section = re.search(r'<section id="runs">.*?</section>', text, re.S)
+    assert section and '<a href="#runs">' in text
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", section.group(0))
+    assert run["run_id"] in cells and "partial-labels p=0.5, seed 0" in cells
+    assert f"{100 * run['train_acc']:.1f}%" in cells and f"{100 * run['test_acc']:.1f}%" in cells
+    assert "corrupted: true" in section.group(0) and "clean acc" in section.group(0)
+
+
+def test_figure1a_table_agrees_with_its_curve_and_caption():
+    """The table's final training loss is the end of the plotted curve (the full-set evaluation
+    loss, which batch norm's running statistics can put far from it, has its own column), and
+    the caption names only the models in the figure."""
+    from types import SimpleNamespace
+
+    from rethink.recipes import common, figure1
+
+    proto = common.PROTOCOLS["smoke"]
+    results = []
+    for test in figure1.CURVE_TESTS:
+        spec = common.make_spec(proto, {}, "inception", 0, randomize=test)
+        results.append(SimpleNamespace(spec=spec, step_losses=[2.3, 2.0, 1.5, 1.3], time_to_fit=None,
+                                       summary={"train_loss": 4.02, "n_train": 150}))
+    figures, tables = figure1.render_1a(results, proto, {}, 1)
+    try:
+        header, row = tables[0].header, tables[0].rows[0]
+        curve = [c for h, c in zip(header, row) if "final training loss" in h]
+        assert curve == ["1.4000"]  # the mean of the last epoch's two steps, as plotted
+        assert "4.0200" in row
+        for caption in (figures[0].caption, tables[0].caption):
+            assert "Inception at width" in caption
+            assert "MLP 3x512" not in caption and "Inception w/o BatchNorm" not in caption and "AlexNet" not in caption
+    finally:
+        for f in figures:
+            plt.close(f.fig)
+
+
+def test_run_summary_and_json_give_the_corrupted_and_clean_accuracies(tmp_path, capsys):
+    """`rethink run` of partial labels prints and returns (--json) what `rethink export` has: the
+    fractions of labels drawn anew and changed, and the accuracies on the corrupted and clean parts."""
+    from rethink.cli import main
+    from rethink.store import Store
+
+    store = str(tmp_path / "s.sqlite")
+    assert main(["run", "--dataset", "digits", "--train-size", "200", "--test-size", "100", "--randomize",
+                 "partial-labels", "--p", "0.5", "--epochs", "2", "--store", store, "--json"]) == 0
+    out, err = capsys.readouterr()
+    got = json.loads(out)
+    stored = Store(store).get_run(got["run_id"])["summary"]
+    for key in ("replaced_fraction", "changed_fraction", "corrupted_acc_noisy", "corrupted_acc_true", "clean_acc"):
+        assert got[key] == stored[key] and got[key] is not None, key
+    assert 0 < got["changed_fraction"] <= got["replaced_fraction"] < 1
+    line = next(line for line in err.splitlines() if line.startswith("partial labels:"))
+    for key in ("changed_fraction", "corrupted_acc_noisy", "corrupted_acc_true", "clean_acc"):
+        assert f"{100 * got[key]:.2f}%" in line, key

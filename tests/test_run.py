@@ -138,7 +138,7 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path, capsys):
     assert Store(store).get_run(reference.run_id)["status"] == "interrupted"
     capsys.readouterr()
     resumed = rethink.run(spec, store, checkpoint_interval=0)
-    assert "from its checkpoint after epoch 7" in capsys.readouterr().err  # 30 steps = 7.5 epochs
+    assert "from its checkpoint at step 28" in capsys.readouterr().err  # epoch 7 of 4 steps (stopped at 30)
     assert resumed.step_losses == reference.step_losses
     assert strip_time(resumed.evals) == strip_time(reference.evals)
     assert Store(store).get_run(reference.run_id)["status"] == resumed.status

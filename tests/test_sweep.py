@@ -14,7 +14,7 @@ import torch
 
 from rethink.cli import main
 from rethink.errors import UserError
-from rethink.store import Store
+from rethink.store import SCHEMA_VERSION, Store
 from rethink.sweep import expand, load_grid, run_sweep, worker_threads
 
 GRID = """
@@ -127,7 +127,7 @@ def test_killed_sweep_resumes_to_the_same_results(reference, grid_file, tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 2 <= finished < 6
-    ckpts = os.listdir(os.path.join(tmp_path, "checkpoints"))
+    ckpts = os.listdir(os.path.join(tmp_path, "k.checkpoints"))
     assert ckpts, "checkpoints were written before the kill"
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
@@ -155,7 +155,7 @@ def test_process_workers_end_with_a_killed_driver(tmp_path):
     proc = subprocess.Popen([exe, "sweep", str(grid), "--store", str(tmp_path / "w.sqlite"), "--executor", "process",
                              "--workers", "2", "--checkpoint-interval", "0", "--quiet", "--no-batch"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = tmp_path / "checkpoints"
+    ckpts = tmp_path / "w.checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(os.listdir(ckpts) if ckpts.exists() else []) < 2:
         time.sleep(0.1)
@@ -236,7 +236,7 @@ def test_a_store_being_created_by_another_process_opens(tmp_path, monkeypatch):
     Store(path).close()
     other.join()
     assert not failures
-    assert connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+    assert connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 _OPEN_STORES = """
@@ -258,3 +258,65 @@ def test_two_processes_opening_new_stores_together_both_open_them(tmp_path):
                                  text=True) for _ in range(2)]
     errors = [c.communicate(timeout=120)[1] for c in children]
     assert [c.returncode for c in children] == [0, 0], "\n".join(errors)
+
+
+# -- progress within a batch, and batches split across workers ------------------------------------
+def _jobs(specs):
+    from rethink.sweep import Job
+
+    return [Job(s, None, 60.0, False) for s in specs]
+
+
+def test_plan_gives_every_worker_a_batch():
+    """16 runs that batch together become one group, but one per worker when there are workers:
+    split evenly, each part with its share of the slow (high p) runs."""
+    from rethink.batching import GroupJob, plan
+    from rethink.spec import RunSpec
+
+    specs = [RunSpec(dataset="digits", model="mlp1x512", randomize="partial-labels", p=p, seed=s)
+             for p in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 0.1, 0.3) for s in (0, 1)]
+    jobs = _jobs(specs)
+    (whole,) = plan(jobs)
+    assert isinstance(whole, GroupJob) and len(whole.jobs) == 16
+    for parts in (2, 3, 4):
+        planned = plan(jobs, parts=parts)
+        assert len(planned) == parts and all(isinstance(g, GroupJob) for g in planned)
+        assert sorted(id(j) for g in planned for j in g.jobs) == sorted(id(j) for j in jobs)
+        sizes = [len(g.jobs) for g in planned]
+        assert max(sizes) - min(sizes) <= 1, sizes
+        assert all({j.spec.p for j in g.jobs} & {0.8, 1.0} for g in planned), "each part gets slow runs"
+    assert len(plan(jobs[:3], parts=8)) == 3, "no more parts than runs"
+
+
+def test_progress_is_reported_within_a_batch():
+    """The bar moves before a batch ends: a group reports its step and its runs as they end (here
+    the p = 0 run fits long before p = 1), in this process and across worker processes."""
+    from rethink.batching import plan
+    from rethink.spec import RunSpec
+    from rethink.sweep import LocalExecutor, ProcessExecutor, job_key
+
+    specs = [RunSpec(dataset="digits", model="mlp1x512", train_size=150, lr=0.1, lr_decay=1.0, epochs=100,
+                     randomize="partial-labels", p=p) for p in (0.0, 1.0)]
+    for executor in (LocalExecutor(), ProcessExecutor(1)):
+        (group,) = plan(_jobs(specs))
+        seen = []
+        try:
+            results = list(executor.run([group], on_progress=lambda *msg: seen.append(msg)))
+        finally:
+            executor.close()
+        (out,) = results
+        fit = sorted(r.time_to_fit["steps"] for r in out)
+        assert fit[0] < fit[1], "the two runs must end at different steps for this test"
+        assert {m[0] for m in seen} == {job_key(group)}
+        steps = [m[1] for m in seen]
+        assert steps == sorted(steps) and steps[-1] == fit[1] and len(set(steps)) > 2
+        assert any(m[3] == 1 and m[1] < fit[1] for m in seen), "the first run's end was reported before the batch's"
+
+
+def test_sweep_bar_shows_a_batchs_step(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID.replace("seeds = 2", "seeds = 1").replace("epochs = 60", "epochs = 5"))
+    assert main(["sweep", str(grid), "--store", str(tmp_path / "s.sqlite")]) == 0
+    import re
+
+    assert re.search(r"3 runs batched: step \d+/15\b", capsys.readouterr().err)  # 5 epochs of 3 steps

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from rethink.cli import main
 from rethink.data import load_dataset
 from rethink.errors import UserError
-from rethink.theory import construct, evaluate, expressivity, one_hot, verify
+from rethink.theory import construct, evaluate, expressivity, one_hot, predict, verify
 from rethink.theory.rademacher import rademacher
 
 U = 2.0**-53
@@ -221,6 +221,24 @@ def test_fashion_mnist_random_labels_one_hot_and_scalar():
         net = construct(x, targets)
         check = verify(net, x, targets)
         assert net.construction.exact_projection and check.fit_fraction == 1.0 and check.max_residual < 1e-4
+
+
+def test_verify_and_predict_take_labels_or_one_hot_and_predict_integers():
+    ds = load_dataset("digits")
+    x, labels = ds.x_train[:300], ds.y_train[:300]
+    k_outputs, scalar = construct(x, one_hot(labels, 10)), construct(x, labels)
+    for net in (k_outputs, scalar):
+        predicted = predict(net, x)
+        assert predicted.dtype == torch.int64 and torch.equal(predicted, torch.as_tensor(labels))
+    by_labels, by_one_hot = verify(k_outputs, x, labels), verify(k_outputs, x, one_hot(labels, 10))
+    assert by_labels.fit_fraction == by_one_hot.fit_fraction == 1.0
+    assert by_labels.max_residual == by_one_hot.max_residual < 1e-6
+    with pytest.raises(UserError, match="one-hot targets of shape"):
+        verify(k_outputs, x, labels + 0.5)  # not class labels
+    with pytest.raises(UserError, match=r"1 output\(s\) but the targets have shape \(300, 10\)"):
+        verify(scalar, x, one_hot(labels, 10))
+    with pytest.raises(UserError, match=r"10 output\(s\) but the targets have shape \(300, 3\)"):
+        verify(k_outputs, x, one_hot(labels % 3, 3))
 
 
 @FASHION

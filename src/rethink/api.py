@@ -7,6 +7,7 @@ an interrupted one resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -58,7 +59,8 @@ class RunResult:
         """The object ``rethink run --json`` prints."""
         keys = ("num_params", "train_acc", "test_acc", "time_to_fit", "train_loss", "test_loss", "steps",
                 "epochs", "train_seconds", "best_test_acc", "n_train", "n_test", "device", "models_in_batch",
-                "compiled")
+                "compiled", "replaced_fraction", "changed_fraction", "corrupted_acc_noisy", "corrupted_acc_true",
+                "clean_acc")
         return {"run_id": self.run_id, "status": self.status, **{k: self.summary.get(k) for k in keys},
                 "cached": self.cached, "spec": self.spec.to_dict()}
 
@@ -135,7 +137,7 @@ class Prepared:
 def prepare(spec: RunSpec, device: torch.device) -> Prepared:
     """Load, subset, randomize (once, from the run's seed) and preprocess the data onto ``device``."""
     ds = _source(spec)
-    ds = subset(ds, spec.train_size, spec.test_size, generator(spec.seed, "subset"))
+    ds = subset(ds, spec.train_size, spec.test_size, generator(spec.seed, "subset"), training=True)
     r = randomize(spec.randomize, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes,
                   generator(spec.seed, "randomize"), p=spec.p, test_labels=spec.test_labels,
                   test_inputs=spec.test_inputs)
@@ -211,15 +213,34 @@ def lookup(db: Store | None, spec: RunSpec) -> RunResult | None:
     return load_result(db, spec.run_id)
 
 
+def checkpoint_dir_of(store_path: str) -> str:
+    """A store's own checkpoint folder: ``NAME.checkpoints/`` beside the store file ``NAME.sqlite``."""
+    return os.path.splitext(os.path.abspath(store_path))[0] + ".checkpoints"
+
+
 def checkpoint_file(db: Store, spec: RunSpec, checkpoint_dir: str | None) -> str:
-    """Where ``spec``'s checkpoint lives: ``checkpoint_dir`` or ``checkpoints/`` beside the store."""
-    folder = checkpoint_dir or os.path.join(os.path.dirname(os.path.abspath(db.path)), "checkpoints")
+    """Where ``spec``'s checkpoint lives: ``RUN_ID.pt`` in ``checkpoint_dir`` or the store's own
+    folder (:func:`checkpoint_dir_of`). A checkpoint of the run that another store left in a shared
+    ``checkpoint_dir`` is kept: this store's goes beside it, named with this store's id."""
+    folder = checkpoint_dir or checkpoint_dir_of(db.path)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create checkpoint folder {folder} ({e.strerror}); "
                         "pass --checkpoint-dir with a writable path") from None
-    return os.path.join(folder, f"{spec.run_id}.pt")
+    path = os.path.join(folder, f"{spec.run_id}.pt")
+    if os.path.exists(path) and _store_of(path) != db.store_id:
+        own = os.path.join(folder, f"{spec.run_id}.{db.store_id}.pt")
+        if not os.path.exists(own):
+            _warn(f"checkpoint {path} belongs to another store; run {spec.run_id} starts afresh and checkpoints "
+                  f"to {own}")
+        return own
+    return path
+
+
+def _store_of(checkpoint: str) -> str | None:
+    """The id of the store a checkpoint belongs to (its tensors are mapped, not read)."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get("store_id")
 
 
 def execute(
@@ -231,11 +252,13 @@ def execute(
     on_progress=None,
     on_start=None,
     compile: bool = False,
+    store_id: str | None = None,
 ) -> RunResult:
     """Train one spec, with no store: load and randomize the data, build the model, train.
 
-    With ``checkpoint_path``, a matching checkpoint there (same run id and data) is resumed unless
-    ``resume`` is False, and new checkpoints are written there. ``on_start()`` is called once the
+    With ``checkpoint_path``, a matching checkpoint there (same store id, run id and data, of a run
+    that did not finish) is resumed unless ``resume`` is False, and new checkpoints (which record
+    ``store_id``, the store the run belongs to) are written there. ``on_start()`` is called once the
     data and model are ready, just before training (bad input has been reported by then). An
     interrupted run (Ctrl-C) comes back with status "interrupted". Safe to call in a worker process.
     ``compile`` trains through ``torch.compile`` (same arithmetic up to float rounding).
@@ -246,24 +269,29 @@ def execute(
     distributed.check_batches(len(prepared.data.y_train), spec.batch_size)
     checksum = prepared.dataset.checksum
     model = build_model(spec, prepared.input_shape, prepared.num_classes).to(device)
-    state = load_checkpoint(checkpoint_path, spec, checksum, device) if resume else None
+    state = load_checkpoint(checkpoint_path, spec, checksum, device, store_id) if resume else None
     if on_start:
         on_start()
     cfg = dataclasses.replace(train_config(spec), compile=compile)
     result = train(model, prepared.data, cfg, checkpoint_path=checkpoint_path, resume=state,
-                   on_progress=on_progress, checkpoint_extra={"run_id": spec.run_id, "data_checksum": checksum},
+                   on_progress=on_progress, checkpoint_extra={"run_id": spec.run_id, "data_checksum": checksum,
+                                                                "store_id": store_id},
                    checkpoint_interval=checkpoint_interval)
     return summarize(spec, prepared, model, cfg, result, device)
 
 
-def load_checkpoint(path: str | None, spec: RunSpec, checksum: str, device: torch.device) -> dict | None:
-    """The checkpoint at ``path`` if there is one of this run (same run id and data), else None."""
+def load_checkpoint(path: str | None, spec: RunSpec, checksum: str, device: torch.device,
+                    store_id: str | None = None) -> dict | None:
+    """The checkpoint at ``path`` if it is one to resume: of this store, this run and this data,
+    written before the run ended. A finished run's last checkpoint is not: resuming it would copy
+    its end (status, time to fit) instead of training."""
     if not path or not os.path.exists(path):
         return None
     state = torch.load(path, map_location=device, weights_only=False)
-    if state.get("run_id") != spec.run_id or state.get("data_checksum") != checksum:
+    if (state.get("store_id"), state.get("run_id"), state.get("data_checksum")) != (store_id, spec.run_id, checksum) \
+            or state.get("finished"):
         return None
-    _warn(f"resuming run {spec.run_id} from its checkpoint after epoch {state['epoch']}")
+    _warn(f"resuming run {spec.run_id} from its checkpoint at step {state['result']['steps']}")
     return state
 
 
@@ -279,7 +307,8 @@ def summarize(spec: RunSpec, prepared: Prepared, model: torch.nn.Module, cfg: Tr
         "best_test_acc": max((e["test_acc"] for e in result.evals), default=None),
         "time_to_fit": result.time_to_fit, "steps": result.steps, "epochs": result.epochs,
         "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
-        "num_params": num_params(model), "n_train": len(prepared.data.y_train),
+        "checkpoint_step": result.checkpoint_step, "num_params": num_params(model),
+        "n_train": len(prepared.data.y_train),
         "n_test": len(prepared.data.y_test), "num_classes": prepared.num_classes,
         "input_shape": list(prepared.input_shape), "replaced_fraction": prepared.replaced_fraction,
         "changed_fraction": prepared.changed_fraction, "lr": spec.resolved_lr, "device": str(device),
@@ -290,9 +319,15 @@ def summarize(spec: RunSpec, prepared: Prepared, model: torch.nn.Module, cfg: Tr
     return RunResult(spec.run_id, result.status, spec, summary, result.evals, result.step_losses)
 
 
-def start(db: Store, spec: RunSpec, status: str = "running") -> None:
-    """Mark ``spec``'s run as running (or queued) in the store."""
-    db.start_run(spec.run_id, spec.to_dict(), status=status, package_version=__version__, git_commit=git_commit())
+def start(db: Store, specs: RunSpec | list[RunSpec], status: str = "running") -> None:
+    """Mark the specs' runs as running (or queued) in the store, owned by this process; refuses
+    (UserError) if another live process on this machine trains one of them."""
+    specs = [specs] if isinstance(specs, RunSpec) else specs
+    elsewhere = db.start_runs([(s.run_id, s.to_dict()) for s in specs], status=status,
+                              package_version=__version__, git_commit=git_commit())
+    for o in elsewhere:
+        _warn(f"run {o['run_id']} is marked running by process {o['owner_pid']} on {o['owner_host']}, which this "
+              "machine cannot check; if that process still runs, both train it")
 
 
 def record(db: Store, result: RunResult) -> None:
@@ -316,20 +351,24 @@ def run(
 
     A finished run of the same spec is read back from the store instead (``force`` runs it
     again). ``store=None`` runs without recording or checkpoints. Checkpoints go to
-    ``checkpoint_dir`` (default: ``checkpoints/`` beside the store) at the end of an epoch once
+    ``checkpoint_dir`` (default: the store's own ``NAME.checkpoints/`` beside it) at the end of an epoch once
     ``checkpoint_interval`` seconds have passed since the last (0: every epoch; None: never); an
     interrupted run resumes from its checkpoint. ``compile`` trains through ``torch.compile``.
     Returns a :class:`RunResult`; raises KeyboardInterrupt after recording an interrupted run.
     """
     spec = spec if isinstance(spec, RunSpec) else from_dict(spec)
-    db = store if isinstance(store, Store) or store is None else Store(store)
+    if isinstance(store, (str, os.PathLike)):  # a store this call opens, it closes (its WAL files go with it)
+        with contextlib.closing(Store(store)) as db:
+            return run(spec, db, force=force, checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
+                       on_progress=on_progress, compile=compile)
+    db = store
     if not force and (stored := lookup(db, spec)) is not None:
         return stored
     ckpt = checkpoint_file(db, spec, checkpoint_dir) if db is not None and checkpoint_interval is not None else None
     writer = db if distributed.rank() == 0 else None  # under torchrun, rank 0 alone writes the store
     result = execute(spec, ckpt, checkpoint_interval=checkpoint_interval or 0.0, resume=not force,
                      on_progress=on_progress, on_start=(lambda: start(writer, spec)) if writer is not None else None,
-                     compile=compile)
+                     compile=compile, store_id=db.store_id if db is not None else None)
     if writer is not None:
         record(writer, result)
     if result.status == "interrupted":

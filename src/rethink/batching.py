@@ -80,9 +80,11 @@ def _shared_key(spec: RunSpec) -> tuple | None:
     return tuple(sorted(shared.items(), key=lambda kv: kv[0])) + (("mlp_depth", mlp_depth),)
 
 
-def plan(jobs: list) -> list:
+def plan(jobs: list, parts: int = 1) -> list:
     """The jobs, with those that train batched gathered into :class:`GroupJob` s (each group takes
-    the place of its first job)."""
+    the place of its first job). With ``parts`` (the workers that train at once), the largest
+    groups are split until there are that many jobs where the groups allow, so that every worker
+    gets work; a group's runs are dealt out in turn, so that each part gets a share of the slow ones."""
     groups: dict = {}
     for job in jobs:
         key = group_key(job.spec)
@@ -95,6 +97,14 @@ def plan(jobs: list) -> list:
             shapes = list(dict.fromkeys(_shape_only(j.spec) for j in chunk))
             planned.extend([GroupJob(chunk)] if len(chunk) > 1 and (len(shapes) == 1 or small_enough(shapes))
                            else chunk)
+    while len(planned) < parts:
+        largest = max((j for j in planned if isinstance(j, GroupJob)), key=lambda g: len(g.jobs), default=None)
+        if largest is None:
+            break
+        k = min(len(largest.jobs), parts - len(planned) + 1)
+        at = planned.index(largest)
+        # a part of MLPs of several widths is no wider than the whole, so it stays small enough
+        planned[at : at + 1] = [GroupJob(js) if len(js) > 1 else js[0] for js in (largest.jobs[i::k] for i in range(k))]
     return planned
 
 
@@ -138,9 +148,10 @@ def _hidden(model: nn.Module) -> list[int]:
     return [m.out_features for m in model.modules() if isinstance(m, nn.Linear)][:-1]
 
 
-def execute_group(group: GroupJob) -> list[api.RunResult]:
+def execute_group(group: GroupJob, on_progress=None) -> list[api.RunResult]:
     """Train a group's runs as one batch (resuming each from its checkpoint where it has one);
-    their results in the group's order. Safe to call in a worker process."""
+    their results in the group's order. Safe to call in a worker process. ``on_progress(step,
+    total_steps, finished)``: see :func:`rethink.train.batched.train_batched`."""
     specs = [job.spec for job in group.jobs]
     device = api.resolve_device(specs[0].device)
     api.set_deterministic(device)
@@ -149,11 +160,13 @@ def execute_group(group: GroupJob) -> list[api.RunResult]:
         p = api.prepare(job.spec, device)
         model = api.build_model(job.spec, p.input_shape, p.num_classes).to(device)
         checksum = p.dataset.checksum
-        state = api.load_checkpoint(job.checkpoint_path, job.spec, checksum, device) if job.resume else None
+        state = (api.load_checkpoint(job.checkpoint_path, job.spec, checksum, device, job.store_id)
+                 if job.resume else None)
         members.append(Member(model, p.data, api.train_config(job.spec), job.checkpoint_path, state,
-                              {"run_id": job.spec.run_id, "data_checksum": checksum}))
+                              {"run_id": job.spec.run_id, "data_checksum": checksum, "store_id": job.store_id}))
         prepared.append(p)
     template = _template([m.model for m in members], prepared[0].input_shape, prepared[0].num_classes)
-    results = train_batched(members, template=template, checkpoint_interval=group.jobs[0].checkpoint_interval)
+    results = train_batched(members, template=template, checkpoint_interval=group.jobs[0].checkpoint_interval,
+                            on_progress=on_progress)
     return [api.summarize(s, p, m.model, m.cfg, r, device, models_in_batch=len(members))
             for s, p, m, r in zip(specs, prepared, members, results)]

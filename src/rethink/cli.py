@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import signal
 import sys
+import threading
+import traceback
 from dataclasses import fields
 
 from . import __version__
@@ -36,7 +41,9 @@ HELP = {
     "batch_size": "mini-batch size",
     "epochs": "epoch budget",
     "max_steps": "step budget (whichever of epochs and steps ends first)",
-    "augment": "comma list of crop, flip, color (batched on the device)",
+    "augment": "comma list of crop, flip, color (batched on the device); crop takes random windows of the cropped "
+               "size (32x32 -> 28x28); images without a crop (8x8 digits, 28x28 MNIST) are zero-padded by an "
+               "eighth of their side (at least 1 pixel) first, so crop shifts them by up to that many pixels",
     "eval_every": "evaluate every N steps (default: once per epoch)",
     "fit_threshold": "training accuracy that counts as fitted",
     "stop_loss": "end the run when the full training loss falls to this value (status converged)",
@@ -82,12 +89,50 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
     from .api import DEFAULT_STORE
 
     p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite results file (default {DEFAULT_STORE})")
-    p.add_argument("--checkpoint-dir", help="checkpoint folder (default: checkpoints/ beside the store)")
-    p.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
-                   help="checkpoint at the first epoch end after this many seconds (0: every epoch; default 60)")
+    p.add_argument("--checkpoint-dir",
+                   help="checkpoint folder (default: NAME.checkpoints/ beside the store NAME.sqlite)")
+    p.add_argument("--checkpoint-interval", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="checkpoint at the first epoch end after this many seconds (0: every epoch; default 60); "
+                        "Ctrl-C or SIGTERM checkpoints at once, after the current step")
     p.add_argument("--force", action="store_true", help="run again even if the store has it finished")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+
+def _add_threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads to train with (default: the cores); --executor process shares them among its "
+                        "workers. Jobs running at once on one machine should share the cores: give each its part")
+
+
+def _use_threads(args: argparse.Namespace) -> None:
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads {threads} must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _interrupted(e: KeyboardInterrupt) -> str:
+    """The line an interruption ends with: where each run it stopped can resume from (api.run and
+    run_sweep attach those runs' results; a bare interruption stopped outside training, or in
+    worker processes, which checkpoint their current step before they exit)."""
+    notes = []
+    for r in (a for a in e.args if hasattr(a, "summary")):
+        steps, saved = r.summary.get("steps") or 0, r.summary.get("checkpoint_step")
+        if not steps:
+            notes.append(f"run {r.run_id} had not trained yet")
+        elif saved == steps:
+            notes.append(f"run {r.run_id} stopped at step {steps} and saved a checkpoint there")
+        else:
+            notes.append(f"run {r.run_id} stopped at step {steps}, "
+                         + (f"its last checkpoint is at step {saved}" if saved else "with no checkpoint (it restarts)"))
+    if not notes:
+        notes = ["finished runs are in the store, runs in training checkpointed their current step"]
+    return f"rethink: interrupted; {'; '.join(notes)}; run the same command again to resume"
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
@@ -147,9 +192,19 @@ def cmd_run(args) -> int:
                        _pct(s.get("test_acc")), fmt_fit(s.get("time_to_fit")), s.get("steps")]],
                      ["run", "status", "params", "train acc", "test acc", "time to fit", "steps"]) + note,
               file=sys.stderr)
+        if spec.randomize == "partial-labels":
+            print(_corruption_line(s), file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_json()))
     return 0
+
+
+def _corruption_line(s: dict) -> str:
+    """What a partial-labels run did with its corrupted and clean training examples."""
+    return (f"partial labels: {_pct(s.get('replaced_fraction'))} drawn anew, {_pct(s.get('changed_fraction'))} "
+            f"changed; train acc on the changed: {_pct(s.get('corrupted_acc_noisy')) or 'n/a'} (noisy label), "
+            f"{_pct(s.get('corrupted_acc_true')) or 'n/a'} (true label); on the unchanged: "
+            f"{_pct(s.get('clean_acc')) or 'n/a'}")
 
 
 def cmd_sweep(args) -> int:
@@ -190,13 +245,14 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .recipes import stored_outputs
+    from .recipes import stored_outputs, user_runs
     from .report import environment, write_html
     from .store import Store
 
-    outputs = stored_outputs(Store(args.store))
-    path = write_html(outputs, args.out, env=environment())
-    print(f"wrote {path} ({len(outputs)} recipe outputs)", file=sys.stderr)
+    db = Store(args.store, readonly=True)
+    outputs, runs = stored_outputs(db), user_runs(db)
+    path = write_html(outputs, args.out, env=environment(), runs=runs)
+    print(f"wrote {path} ({len(outputs)} recipe outputs, {len(runs)} other runs)", file=sys.stderr)
     return 0
 
 
@@ -227,10 +283,10 @@ def cmd_runs(args) -> int:
     from .store import Store
 
     rows = []
-    for r in Store(args.store).runs():
+    for r in Store(args.store, readonly=True).runs():
         sp, s = r["spec"], r["summary"] or {}
         test = sp["randomize"] + (f" p={sp['p']}" if sp["randomize"] == "partial-labels" else "")
-        rows.append([r["run_id"], r["status"], sp["dataset"], sp["model"], test, _pct(s.get("train_acc")),
+        rows.append([r["run_id"], r["state"], sp["dataset"], sp["model"], test, _pct(s.get("train_acc")),
                      _pct(s.get("test_acc")), fmt_fit(s.get("time_to_fit")) if s else ""])
     print(_table(rows, ["run", "status", "dataset", "model", "test", "train acc", "test acc", "time to fit"]))
     return 0
@@ -239,7 +295,7 @@ def cmd_runs(args) -> int:
 def cmd_export(args) -> int:
     from .store import Store
 
-    n = Store(args.store).export_csv(args.out, args.what, args.run_id or None)
+    n = Store(args.store, readonly=True).export_csv(args.out, args.what, args.run_id or None)
     if args.out != "-":
         print(f"wrote {n} rows to {args.out}", file=sys.stderr)
     return 0
@@ -366,6 +422,17 @@ def cmd_linear_sgd(args) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """A finite number of seconds, 0 or more: with NaN no checkpoint would ever be written."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0 (0: every epoch), e.g. 60")
+    return value
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -388,6 +455,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_spec_flags(p)
     _add_store_flags(p)
     _add_compile_flag(p)
+    _add_threads_flag(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="run a grid of specs (skips finished runs, resumes interrupted ones)")
@@ -408,6 +476,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "fixed rule over the specs decides; see rethink.batching)")
     _add_compile_flag(p)
     _add_store_flags(p)
+    _add_threads_flag(p)
     p.set_defaults(func=cmd_sweep)
 
     from .recipes import RECIPES, SCALES
@@ -423,6 +492,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=DEFAULT_STORE)
     p.add_argument("--executor", default="local", help="local or process")
     p.add_argument("--workers", type=int, default=2, help="worker processes for --executor process")
+    _add_threads_flag(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help=COMPILE_HELP + "; default: the scale's choice (cpu: Inception compiled, the rest not), "
@@ -531,20 +601,51 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/linear_sgd", help="output folder for the figure and table")
     p.add_argument("--json", action="store_true", help="print the final distances as one JSON object on stdout")
     p.set_defaults(func=cmd_linear_sgd)
+
+    top.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    for p in sub.choices.values():  # also after the command's name; SUPPRESS keeps the top's value
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return top
+
+
+DEBUG_HELP = "on an error, print its traceback as well as the one-line message (or set RETHINK_DEBUG=1)"
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return getattr(args, "debug", False) or os.environ.get("RETHINK_DEBUG", "") not in ("", "0")
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # schedulers stop jobs with SIGTERM: end as Ctrl-C does, keeping what finished
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # (where handlers can be set)
+    on_term = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
+        _use_threads(args)
         code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
     except UserError as e:
+        if _debug(args):
+            traceback.print_exc()
         print(f"rethink: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("rethink: interrupted; finished runs are in the store, run the same command again to resume",
-              file=sys.stderr)
+    except BrokenPipeError:
+        # The reader of stdout stopped early (`rethink export | head`): stop quietly, as Unix tools
+        # do, and send what is still buffered nowhere so that the exit does not complain either.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file (tests capture it)
+            pass
+        return 128 + signal.SIGPIPE
+    except KeyboardInterrupt as e:
+        print(_interrupted(e), file=sys.stderr)
         return 130
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
     if "rethink.distributed" in sys.modules:  # under torchrun: every rank leaves together
         sys.modules["rethink.distributed"].leave()
     return code

@@ -8,6 +8,7 @@ error vs p) are written to the output folder.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -64,7 +65,26 @@ def _markdown(rows, header) -> str:
     return "\n".join(lines)
 
 
-def plot_demo(results, path: str, caption: str) -> str:
+# Each learning curve's look: true labels and shuffled pixels (and random pixels and Gaussian)
+# fall on top of each other on digits, so every curve gets its own line style and marker.
+CURVE_STYLES = {"true labels": ("-", "o"), "random-labels": ("--", "s"), "shuffled-pixels": (":", "^"),
+                "random-pixels": ("-.", "D"), "gaussian": ((0, (6, 2, 1, 2, 1, 2)), "v")}
+
+
+def smooth(values, window: int):
+    """The centred mean of ``values`` over ``window`` points, narrowed near both ends so that the
+    first and last points stay as they are (no lag, no pull towards the middle)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(len(v))
+    half = np.minimum(np.minimum(window // 2, i), len(v) - 1 - i)
+    return (c[i + half + 1] - c[i - half]) / (2 * half + 1)
+
+
+def demo_figure(results, caption: str):
+    """The three-panel figure: (a) learning curves, (b) time to fit vs p, (c) test error vs p."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,12 +92,21 @@ def plot_demo(results, path: str, caption: str) -> str:
     import numpy as np
 
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
-    for name, r in results:
-        if not name.startswith("partial"):
-            losses = np.asarray(r.step_losses)
-            a.plot(np.arange(1, len(losses) + 1), losses, label=name, lw=1)
-    a.set(xlabel="step", ylabel="training loss", title="(a) learning curves")
-    a.legend(fontsize=8)
+    curves = [(name, r) for name, r in results if not name.startswith("partial")]
+    for k, (name, r) in enumerate(curves):
+        losses = np.asarray(r.step_losses)
+        steps = np.arange(1, len(losses) + 1)
+        ls, marker = CURVE_STYLES[name]
+        raw, = a.plot(steps, losses, lw=0.6, alpha=0.3)
+        # smoothed over one epoch of steps; markers spaced along the drawn line, offset per curve
+        per_epoch = math.ceil(r.summary["n_train"] / r.spec.batch_size)
+        a.plot(steps, smooth(losses, per_epoch), color=raw.get_color(), ls=ls, lw=1.6, marker=marker, ms=5,
+               markevery=(0.02 + 0.015 * k, 0.12), label=name)
+    a.set_xscale("log")
+    a.set(xlabel="step (log scale)", ylabel="training loss", title="(a) learning curves")
+    a.set_ylim(0, 1.45 * a.get_ylim()[1])  # room above the curves for the legend
+    a.legend(fontsize=8, loc="upper right", ncol=2, title="faint: each step; bold: mean over an epoch's steps",
+             title_fontsize=7)
     by_p = {0.0: results[0][1], 1.0: results[1][1]}
     by_p.update({r.spec.p: r for name, r in results if name.startswith("partial")})
     ps = sorted(by_p)
@@ -91,6 +120,13 @@ def plot_demo(results, path: str, caption: str) -> str:
     c.legend(fontsize=8)
     fig.suptitle(caption, fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_demo(results, path: str, caption: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig = demo_figure(results, caption)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

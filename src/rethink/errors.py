@@ -10,3 +10,9 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class UserCodeError(UserError):
+    """The user's own code (a model factory) raised: one line on the command line like any user
+    error, but a failure of that run rather than of the input, so a Ray sweep retries and records
+    it as it does any failed task."""

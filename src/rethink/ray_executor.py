@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 from . import api
-from .errors import UserError
+from .errors import UserCodeError, UserError
 from .sweep import Job, _work
 
 EXTRA = "pip install 'rethink[cluster]'"
@@ -34,6 +34,8 @@ def _task(job: Job, threads: int):
         os.makedirs(os.path.dirname(job.checkpoint_path), exist_ok=True)
     try:
         return _work(job)
+    except UserCodeError:
+        raise
     except UserError as e:
         return e
 
@@ -68,7 +70,7 @@ class RayExecutor:
                                               max_retries=max_retries, retry_exceptions=True)
         self.threads, self.max_retries = task_threads(cpus_per_run), max_retries
 
-    def run(self, jobs, on_start=None):
+    def run(self, jobs, on_start=None, on_progress=None):  # progress: as tasks finish (none from inside them)
         self.pending = {self.task.remote(job, self.threads): job for job in jobs}
         while self.pending:
             (ref,), _ = self.ray.wait(list(self.pending), num_returns=1)

@@ -245,14 +245,17 @@ def from_dict(values: dict) -> RunSpec:
     return RunSpec(**{k: _coerce(k, v) for k, v in values.items()})
 
 
-def load_toml(path) -> dict:
-    """Read a spec file (TOML, the flags' names with underscores) into plain values."""
+def load_toml(path, what: str = "spec file", given_to: str = "--spec") -> dict:
+    """Read a TOML file (a spec file: the flags' names with underscores) into plain values.
+
+    ``what`` and ``given_to`` name the file and where the user gave its path, for the messages.
+    """
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise UserError(f"spec file {path} does not exist; check the path given to --spec") from None
+        raise UserError(f"{what} {path} does not exist; check the path given to {given_to}") from None
     except tomllib.TOMLDecodeError as e:
-        raise UserError(f"spec file {path} is not valid TOML ({e}); fix the file") from None
+        raise UserError(f"{what} {path} is not valid TOML ({e}); fix the file") from None
     except OSError as e:
-        raise UserError(f"cannot read spec file {path} ({e.strerror}); check its permissions") from None
+        raise UserError(f"cannot read {what} {path} ({e.strerror}); check its permissions") from None

@@ -1,7 +1,10 @@
 """The results store: one SQLite file holding every run's spec, status, summary and metrics.
 
 Writes happen in transactions (WAL mode), so an interrupted process leaves whole runs or none,
-and several processes may share one store. The store knows nothing of torch.
+and several processes may share one store. Each store has an id (its ``meta`` table), which its
+runs' checkpoints record, and each running or queued run the process that owns it, so that two
+processes do not train one run and a run whose process is gone shows as interrupted. The store
+knows nothing of torch.
 """
 
 from __future__ import annotations
@@ -9,23 +12,29 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import sqlite3
 import sys
 import time
+import uuid
+from pathlib import Path
 
 from .errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the meta table (store id) and the owner of a running run
 EVAL_COLUMNS = ("step", "epoch", "seconds", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                 "corrupted_acc_noisy", "corrupted_acc_true", "clean_acc")
 RUN_COLUMNS = ("run_id", "status", "spec", "summary", "created", "updated", "package_version",
                "git_commit", "data_checksum", "device", "num_params")
+OWNER_COLUMNS = ("owner_pid", "owner_host", "owner_started")  # the process that trains a running run
+ACTIVE = ("running", "queued")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, status TEXT NOT NULL, spec TEXT NOT NULL, summary TEXT,
     created REAL NOT NULL, updated REAL NOT NULL, package_version TEXT, git_commit TEXT,
-    data_checksum TEXT, device TEXT, num_params INTEGER);
+    data_checksum TEXT, device TEXT, num_params INTEGER, owner_pid INTEGER, owner_host TEXT, owner_started INTEGER);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS evals (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     {", ".join(c + (" INTEGER NOT NULL" if c == "step" else " REAL") for c in EVAL_COLUMNS)},
@@ -37,14 +46,25 @@ CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     step INTEGER NOT NULL, loss REAL, PRIMARY KEY (run_id, step)) WITHOUT ROWID;
 """
+# From each older schema version to the next (CREATE TABLE IF NOT EXISTS adds the new tables).
+_MIGRATIONS = {1: [f"ALTER TABLE runs ADD COLUMN {c} {t}"
+                   for c, t in zip(OWNER_COLUMNS, ("INTEGER", "TEXT", "INTEGER"))]}
 
 
 class Store:
-    """A SQLite results file. ``Store(path)`` creates it (and its folder) when missing."""
+    """A SQLite results file. ``Store(path)`` creates it (and its folder) when missing, and
+    upgrades a store of an older schema version; ``Store(path, readonly=True)`` opens an existing
+    store for reading and never writes to it (read commands: runs, export, report)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, readonly: bool = False):
         self.path = str(path)
         folder = os.path.dirname(os.path.abspath(self.path))
+        if os.path.isdir(self.path):
+            raise UserError(f"--store {self.path} is a folder; pass the path of a store file in it, "
+                            f"e.g. {os.path.join(self.path, 'rethink.sqlite')}")
+        if readonly:
+            self._open_readonly()
+            return
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
@@ -56,17 +76,51 @@ class Store:
             self.db.execute("PRAGMA foreign_keys = ON")
             with _Transaction(self.db, "BEGIN"):  # one snapshot: another process may be creating the store
                 self._check_schema()
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"store {self.path} is not a rethink SQLite store ({e}); pass another --store or move the file away") from None
-        try:
             self._use_wal()
             with self.transaction():
-                self._check_schema()
-                for statement in filter(str.strip, _SCHEMA.split(";")):
+                version = self._check_schema()
+                for statement in _MIGRATIONS.get(version, []) + list(filter(str.strip, _SCHEMA.split(";"))):
                     self.db.execute(statement)
+                self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.OperationalError as e:
+            if not os.access(folder, os.W_OK):  # SQLite writes its journal (-wal, -shm) beside the store
+                raise UserError(f"cannot write the store {self.path}: its folder {folder} is not writable and SQLite "
+                                "keeps its journal beside the store; make the folder writable or pass another --store"
+                                ) from None
             raise UserError(f"cannot write the store {self.path} ({e}); pass --store with a writable path") from None
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"store {self.path} is not a rethink SQLite store ({e}); pass another --store or move the file away") from None
+        self.version = SCHEMA_VERSION
+        self.store_id = self._store_id()
+
+    def _open_readonly(self) -> None:
+        """Open with ``mode=ro``, which still sees other processes' writes; in a folder where SQLite
+        cannot create a WAL store's shared-memory file, as ``immutable=1`` (nothing can write there)."""
+        if not os.path.exists(self.path):
+            raise UserError(f"store {self.path} does not exist; pass --store with the file that 'rethink run' or "
+                            "'rethink sweep' wrote")
+        uri = Path(os.path.abspath(self.path)).as_uri()
+        try:
+            try:
+                self.db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60, isolation_level=None)
+                with _Transaction(self.db, "BEGIN"):
+                    self.version = self._check_schema()
+            except sqlite3.OperationalError:
+                self.db.close()
+                if os.access(os.path.dirname(os.path.abspath(self.path)), os.W_OK):
+                    raise
+                self.db = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+                with _Transaction(self.db, "BEGIN"):
+                    self.version = self._check_schema()
+        except sqlite3.OperationalError as e:
+            raise UserError(f"cannot read the store {self.path} ({e}); check its permissions or pass another --store"
+                            ) from None
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"store {self.path} is not a rethink SQLite store ({e}); pass another --store") from None
+        if not self.version:
+            raise UserError(f"{self.path} is not a rethink store (it has none of its tables); pass another --store")
+        self.store_id = self._store_id() if self.version >= 2 else None
 
     def _use_wal(self) -> None:
         """Switch the file to WAL mode (it stays so). SQLite answers 'database is locked' at once,
@@ -83,14 +137,19 @@ class Store:
             time.sleep(0.01)
         raise sqlite3.OperationalError("database is locked: no switch to WAL mode within 60 s")
 
-    def _check_schema(self) -> None:
-        """Refuse a store written with another schema; call inside a transaction, so that the
-        version and the tables are read from one state of the file."""
+    def _check_schema(self) -> int:
+        """The store's schema version (0: an empty file); refuses one this rethink cannot read or
+        upgrade. Call inside a transaction, so that the version and the tables are read from one
+        state of the file."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if tables and version != SCHEMA_VERSION:
+        if tables and version != SCHEMA_VERSION and version not in _MIGRATIONS:
             raise UserError(f"store {self.path} has schema version {version}, this rethink reads version {SCHEMA_VERSION}; "
                             "use a store written by this version or pass another --store")
+        return version if tables else 0
+
+    def _store_id(self) -> str:
+        return self.db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
 
     def transaction(self):
         return _Transaction(self.db)
@@ -99,16 +158,41 @@ class Store:
         self.db.close()
 
     # -- writes -------------------------------------------------------------------------------
-    def start_run(self, run_id: str, spec: dict, status: str = "running", **info) -> None:
-        """Record a run as running or queued (a rerun of the same id replaces its metrics when it ends)."""
-        now = time.time()
-        with self.transaction():
-            self.db.execute(
-                "INSERT INTO runs (run_id, status, spec, created, updated, package_version, git_commit)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET status=excluded.status,"
-                " updated=excluded.updated, package_version=excluded.package_version, git_commit=excluded.git_commit",
-                (run_id, status, json.dumps(spec, sort_keys=True), now, now, info.get("package_version"),
-                 info.get("git_commit")))
+    def start_runs(self, runs: list[tuple[str, dict]], status: str = "running", **info) -> list[dict]:
+        """Record runs (run id, spec) as running or queued by this process, in one transaction (a
+        rerun of the same id replaces its metrics when it ends). Refuses when another live process
+        on this machine trains one of them; returns the owners of those that a process on another
+        machine had, whose liveness cannot be checked from here."""
+        now, me = time.time(), _this_process()
+        busy, elsewhere = [], []
+        with self.transaction():  # the check and the claim in one write transaction: no other claim between them
+            for run_id, _ in runs:
+                row = self.db.execute(f"SELECT status, {', '.join(OWNER_COLUMNS)} FROM runs WHERE run_id = ?",
+                                      (run_id,)).fetchone()
+                owner = dict(zip(OWNER_COLUMNS, row[1:])) if row and row[0] in ACTIVE and row[1] is not None else None
+                if owner is None or tuple(owner.values()) == me:
+                    continue
+                alive = _alive(owner)
+                (elsewhere if alive is None else busy if alive else []).append({"run_id": run_id, **owner})
+            if busy:
+                b = busy[0]
+                more = f" (and {len(busy) - 1} more of these runs)" if len(busy) > 1 else ""
+                raise UserError(f"run {b['run_id']}{more} is being trained by process {b['owner_pid']} on this machine "
+                                f"({b['owner_host']}) in store {self.path}; wait for it to end, or stop it (kill "
+                                f"{b['owner_pid']}) and run the same command again to resume")
+            self.db.executemany(
+                "INSERT INTO runs (run_id, status, spec, created, updated, package_version, git_commit, owner_pid,"
+                " owner_host, owner_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET"
+                " status=excluded.status, updated=excluded.updated, package_version=excluded.package_version,"
+                " git_commit=excluded.git_commit, owner_pid=excluded.owner_pid, owner_host=excluded.owner_host,"
+                " owner_started=excluded.owner_started",
+                [(run_id, status, json.dumps(spec, sort_keys=True), now, now, info.get("package_version"),
+                  info.get("git_commit"), *me) for run_id, spec in runs])
+        return elsewhere
+
+    def start_run(self, run_id: str, spec: dict, status: str = "running", **info) -> list[dict]:
+        """:meth:`start_runs` for one run."""
+        return self.start_runs([(run_id, spec)], status, **info)
 
     def finish_run(self, run_id: str, status: str, summary: dict, evals: list[dict], step_losses: list[float],
                    **info) -> None:
@@ -136,14 +220,22 @@ class Store:
 
     # -- reads --------------------------------------------------------------------------------
     def get_run(self, run_id: str) -> dict | None:
-        row = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        """A run's row; its ``state`` is its status, except that a running or queued run whose
+        process is gone from this machine is ``interrupted``, and one that a process on another
+        machine owns says which (``running (host X)``)."""
+        row = self.db.execute(f"SELECT {self._columns} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return _run_row(row) if row else None
 
     def runs(self, status: str | None = None) -> list[dict]:
-        q = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
+        """Every run's row (as :meth:`get_run`), oldest first; ``status``: only those stored with it."""
+        q = f"SELECT {self._columns} FROM runs"
         rows = self.db.execute(q + (" WHERE status = ?" if status else "") + " ORDER BY created",
                                (status,) if status else ()).fetchall()
         return [_run_row(r) for r in rows]
+
+    @property
+    def _columns(self) -> str:
+        return ", ".join(RUN_COLUMNS + (OWNER_COLUMNS if self.version >= 2 else ()))
 
     def evals(self, run_id: str) -> list[dict]:
         rows = self.db.execute(f"SELECT {', '.join(EVAL_COLUMNS)} FROM evals WHERE run_id = ? ORDER BY step",
@@ -161,7 +253,12 @@ class Store:
 
     def export_csv(self, path: str, what: str = "evals", run_ids: list[str] | None = None) -> int:
         """Write evaluations (or per-step losses, or the runs table) as CSV; returns the row count."""
-        ids = run_ids or [r["run_id"] for r in self.runs()]
+        known = [r["run_id"] for r in self.runs()]
+        missing = [rid for rid in run_ids or () if rid not in known]
+        if missing:
+            raise UserError(f"run {missing[0]} is not in the store {self.path}; 'rethink runs --store {self.path}' "
+                            "lists its runs")
+        ids = run_ids or known
         wanted = set(ids)
         try:
             f = open(path, "w", newline="") if path != "-" else None
@@ -174,7 +271,7 @@ class Store:
             w.writerow(["run_id", "status", "created", "num_params", "data_checksum", "spec", "summary"])
             for r in self.runs():
                 if r["run_id"] in wanted:
-                    w.writerow([r["run_id"], r["status"], r["created"], r["num_params"], r["data_checksum"],
+                    w.writerow([r["run_id"], r["state"], r["created"], r["num_params"], r["data_checksum"],
                                 json.dumps(r["spec"]), json.dumps(r["summary"])])
                     count += 1
         elif what == "steps":
@@ -214,4 +311,45 @@ def _run_row(row) -> dict:
     d = dict(zip(RUN_COLUMNS, row))
     d["spec"] = json.loads(d["spec"])
     d["summary"] = json.loads(d["summary"]) if d["summary"] else None
+    owner = dict(zip(OWNER_COLUMNS, row[len(RUN_COLUMNS):]))
+    d["owner"] = owner if owner.get("owner_pid") is not None else None
+    d["state"] = d["status"]
+    if d["status"] in ACTIVE and d["owner"]:
+        alive = _alive(owner)
+        d["state"] = (f"{d['status']} (host {owner['owner_host']})" if alive is None
+                      else d["status"] if alive else "interrupted")
     return d
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first, start time at 19);
+    None when there is no such process (or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _this_process() -> tuple:
+    """This process as a run's owner: pid, host, and its start time (clock ticks after boot, where
+    /proc gives it), which tells a reused pid from the process that had it."""
+    fields = _proc_stat(os.getpid())
+    return os.getpid(), socket.gethostname(), int(fields[19]) if fields else None
+
+
+def _alive(owner: dict) -> bool | None:
+    """Whether the process that owns a run still runs; None when it is on another machine."""
+    if owner["owner_host"] != socket.gethostname():
+        return None
+    pid, started = owner["owner_pid"], owner["owner_started"]
+    if started is None:  # no /proc where it ran
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process
+            return True
+        return True
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X") and int(fields[19]) == started  # Z: a zombie

@@ -25,17 +25,22 @@ Grid files (TOML)::
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 from . import api, distributed
 from .batching import GroupJob, execute_group, plan
 from .errors import UserError
 from .spec import FIELD_NAMES, LIST_FIELDS, RunSpec, from_dict, load_toml
 from .store import Store
+from .train.engine import stop_requested
 
 EXECUTORS = ("local", "process", "ray")
 
@@ -77,7 +82,7 @@ def _choices(key: str, value) -> list:
 
 def load_grid(path: str) -> list[RunSpec]:
     """Read a grid file (see the module docstring) into its specs."""
-    doc = load_toml(path)
+    doc = load_toml(path, "grid file", "rethink sweep (its GRID.toml argument)")
     unknown = set(doc) - {"base", "grid", "seeds"}
     if unknown:
         raise UserError(f"grid file {path}: unknown top-level key {sorted(unknown)[0]!r}; "
@@ -97,35 +102,77 @@ class Job:
     checkpoint_interval: float
     resume: bool
     compile: bool = False  # train through torch.compile (runs that train alone)
+    store_id: str | None = None  # the store the run belongs to, recorded in its checkpoints
 
 
-def _work(job: Job | GroupJob) -> api.RunResult | list[api.RunResult]:
-    """Train one job (in whichever process runs it) and return its result (a group: a list)."""
+def job_key(job: Job | GroupJob) -> str:
+    """A job's name in progress reports: its (first) run's id."""
+    return (job.jobs[0] if isinstance(job, GroupJob) else job).spec.run_id
+
+
+def _work(job: Job | GroupJob, on_progress=None) -> api.RunResult | list[api.RunResult]:
+    """Train one job (in whichever process runs it) and return its result (a group: a list).
+    ``on_progress(key, step, total_steps, finished)`` follows its training (in a worker process:
+    sent to the driver); ``finished`` counts a group's runs that have ended."""
+    report = _throttled(job_key(job), on_progress or (_progress_queue.put if _progress_queue else None))
     if isinstance(job, GroupJob):
-        return execute_group(job)
-    return api.execute(job.spec, job.checkpoint_path, checkpoint_interval=job.checkpoint_interval,
-                       resume=job.resume, compile=job.compile)
+        result = execute_group(job, on_progress=report)
+    else:
+        result = api.execute(job.spec, job.checkpoint_path, checkpoint_interval=job.checkpoint_interval,
+                             resume=job.resume, compile=job.compile, store_id=job.store_id,
+                             on_progress=report and (lambda step, total, row: report(step, total, 0)))
+    if _in_worker and stop_requested() is not None:
+        # SIGTERM (the pool's terminate, or the driver's death) stopped training after a checkpoint;
+        # nobody reads results any more and the worker must not take another job
+        os._exit(128 + stop_requested())
+    return result
+
+
+def _throttled(key: str, send, interval: float = 0.5):
+    """``send`` with the job's key, at most every ``interval`` seconds unless a run has ended
+    (progress crosses a process boundary: a few messages a second are plenty)."""
+    if send is None:
+        return None
+    last = {"t": -math.inf, "finished": 0}
+
+    def report(step, total, finished):
+        now = time.monotonic()
+        if now - last["t"] >= interval or finished != last["finished"]:
+            last.update(t=now, finished=finished)
+            send((key, step, total, finished))
+
+    return report
 
 
 class LocalExecutor:
     """Runs jobs one after another in this process."""
 
-    def run(self, jobs, on_start=None):
+    def run(self, jobs, on_start=None, on_progress=None):
         for job in jobs:
             if on_start:
                 on_start(job)
-            yield _work(job)
+            yield _work(job, on_progress and (lambda msg: on_progress(*msg)))
+            if stop_requested() is not None:  # a signal came as the run ended: stop before the next
+                raise KeyboardInterrupt
 
     def close(self, interrupted: bool = False):
         pass
 
 
-def _init_worker(threads: int, driver: int) -> None:
+_in_worker = False  # whether this process is a ProcessExecutor's worker
+_progress_queue = None  # in a worker: where its progress reports go to the driver
+
+
+def _init_worker(threads: int, driver: int, progress=None) -> None:
     import signal
 
     import torch
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and ends the workers
+    global _in_worker, _progress_queue
+    _in_worker, _progress_queue = True, progress
+    # The driver handles Ctrl-C and ends the workers with SIGTERM, which an idle worker dies of at
+    # once and a training one turns into a checkpoint and an exit (engine.stop_on_signals).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):  # a driver that dies any other way (kill, SIGKILL) ends them too
         import ctypes
 
@@ -135,21 +182,37 @@ def _init_worker(threads: int, driver: int) -> None:
     torch.set_num_threads(threads)
 
 
-def worker_threads(workers: int) -> int:
-    """Each of ``workers`` processes' share of the CPU threads."""
-    return max(1, (os.cpu_count() or 1) // workers)
+def worker_threads(workers: int, total: int | None = None) -> int:
+    """Each of ``workers`` processes' share of ``total`` CPU threads (default: this process's,
+    which ``--threads`` sets)."""
+    return max(1, (total or torch.get_num_threads()) // workers)
 
 
 class ProcessExecutor:
-    """Runs jobs in ``workers`` spawned processes, each with its share of the CPU threads."""
+    """Runs jobs in ``workers`` spawned processes, each with its share of ``threads`` CPU threads
+    (default: this process's, which ``--threads`` sets)."""
 
-    def __init__(self, workers: int = 2):
+    def __init__(self, workers: int = 2, threads: int | None = None):
         self.workers = workers
-        self.pool = multiprocessing.get_context("spawn").Pool(self.workers, _init_worker,
-                                                                (worker_threads(workers), os.getpid()))
+        ctx = multiprocessing.get_context("spawn")
+        self.progress = ctx.SimpleQueue()  # the workers' progress reports
+        self.pool = ctx.Pool(self.workers, _init_worker, (worker_threads(workers, threads), os.getpid(), self.progress))
 
-    def run(self, jobs, on_start=None):
-        yield from self.pool.imap_unordered(_work, jobs, chunksize=1)
+    def run(self, jobs, on_start=None, on_progress=None):
+        results = self.pool.imap_unordered(_work, jobs, chunksize=1)
+        while True:
+            try:
+                out = results.next(timeout=0.25)  # between results, pass the workers' progress on
+            except multiprocessing.TimeoutError:
+                out = None
+            except StopIteration:
+                return
+            while not self.progress.empty():
+                msg = self.progress.get()
+                if on_progress:
+                    on_progress(*msg)
+            if out is not None:
+                yield out
 
     def close(self, interrupted: bool = False):
         if interrupted:
@@ -160,8 +223,9 @@ class ProcessExecutor:
 
 
 def make_executor(name: str, workers: int, **options):
-    """An executor: an object whose ``run(jobs, on_start)`` yields results and ``close(interrupted)``
-    ends it. ``options`` go to the Ray executor (address, cpus_per_run, gpus_per_run, max_retries)."""
+    """An executor: an object whose ``run(jobs, on_start, on_progress)`` yields results (and passes
+    on the jobs' progress, see :func:`_work`) and ``close(interrupted)`` ends it. ``options`` go to
+    the Ray executor (address, cpus_per_run, gpus_per_run, max_retries)."""
     if name == "local":
         return LocalExecutor()
     if name == "process":
@@ -222,30 +286,47 @@ def run_sweep(
             results[spec.run_id] = stored
         else:
             todo.append(Job(spec, api.checkpoint_file(db, spec, checkpoint_dir), checkpoint_interval, not force,
-                            compile if isinstance(compile, bool) else compile(spec)))
+                            compile if isinstance(compile, bool) else compile(spec), db.store_id))
     pool = make_executor(executor, workers, **(executor_options or {})) if todo else None  # before any write
-    for job in todo if writes else ():
-        api.start(db, job.spec, status="queued")
+    if writes and todo:
+        try:  # refuses, before training anything, runs that another live process trains
+            api.start(db, [job.spec for job in todo], status="queued")
+        except UserError:
+            pool.close(False)
+            raise
     if batch and executor != "ray":  # Ray packs runs onto devices by its own resources (--gpus-per-run)
-        todo = plan(todo)
+        todo = plan(todo, parts=workers if executor == "process" else 1)
     bar = tqdm(total=len(specs), initial=len(results), file=sys.stderr, unit="run", desc="sweep",
                disable=not progress)
     interrupted = False
+    labels = {job_key(j): describe(j.spec) if isinstance(j, Job) else f"{len(j.jobs)} runs batched" for j in todo}
+    running: dict[str, str] = {}  # job key -> what the bar says of it
+    counted: dict[str, int] = {}  # job key -> its runs that the bar counts already (a group's that ended)
 
     def show(job):
-        bar.set_postfix_str(f"running {describe(job.spec) if isinstance(job, Job) else f'{len(job.jobs)} runs batched'}")
+        running[job_key(job)] = f"running {labels[job_key(job)]}"
+        bar.set_postfix_str("; ".join(running.values()))
+
+    def advance(key, step, total, ended):
+        """A job's progress: the bar counts a group's runs as they end, the postfix shows its step."""
+        bar.update(ended - counted.get(key, 0))
+        counted[key] = ended
+        running[key] = f"{labels[key]}: step {step}/{total}"
+        bar.set_postfix_str("; ".join(running.values()))
 
     try:
-        for out in pool.run(todo, on_start=show) if pool else ():
+        for out in pool.run(todo, on_start=show, on_progress=advance) if pool else ():
             finished = out if isinstance(out, list) else [out]  # a batched group's results come together
             for result in finished:
                 if writes:
                     api.record(db, result)
                 results[result.run_id] = result
-                bar.set_postfix_str(f"{describe(result.spec)}: {result.status}")
-                bar.update(1)
-            if any(result.status == "interrupted" for result in finished):
-                raise KeyboardInterrupt
+            key = finished[0].run_id  # the job's key: its first run's id
+            running.pop(key, None)
+            bar.update(len(finished) - counted.pop(key, 0))
+            bar.set_postfix_str("; ".join(running.values()) or f"{describe(finished[-1].spec)}: {finished[-1].status}")
+            if any(result.status == "interrupted" for result in finished):  # they tell the CLI where they stopped
+                raise KeyboardInterrupt(*[result for result in finished if result.status == "interrupted"])
     except KeyboardInterrupt:
         interrupted = True
         raise

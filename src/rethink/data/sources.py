@@ -273,33 +273,66 @@ def _check_size(size, available: int, flag: str, what: str) -> int:
 
 
 def _stratified(y: np.ndarray, size: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of a class-stratified sample of exactly ``size`` of ``y``.
-
-    Each class gets ``size * count / n`` rounded by largest remainder (ties to the lower class
-    index), then that many indices are drawn without replacement with ``rng``.
-    """
+    """Sorted indices of a class-stratified sample of exactly ``size`` of ``y``: each class's
+    :func:`_quota` of indices, drawn without replacement with ``rng``."""
     n = len(y)
     if size == n:
         return np.arange(n)
-    counts = np.bincount(y, minlength=num_classes).astype(np.int64)
-    quota, remainder = np.divmod(counts * size, n)
-    short = size - int(quota.sum())
-    order = np.lexsort((np.arange(len(counts)), -remainder))  # largest remainder first
-    quota[order[:short]] += 1
+    quota = _quota(np.bincount(y, minlength=num_classes).astype(np.int64), size)
     chosen = [rng.choice(np.flatnonzero(y == k), q, replace=False)
               for k, q in enumerate(quota) if q > 0]
     return np.sort(np.concatenate(chosen))
 
 
+def _quota(counts: np.ndarray, size: int) -> np.ndarray:
+    """Examples per class in a stratified sample of ``size``: ``size * count / n`` rounded by
+    largest remainder (ties to the lower class index)."""
+    quota, remainder = np.divmod(counts * size, counts.sum())
+    order = np.lexsort((np.arange(len(counts)), -remainder))  # largest remainder first
+    quota[order[: size - int(quota.sum())]] += 1
+    return quota
+
+
+def _class_name(ds: Dataset, k: int) -> str:
+    return repr(ds.class_names[k]) if k < len(ds.class_names) else str(k)
+
+
+def _check_training_classes(ds: Dataset, size: int | None) -> None:
+    """Refuse a training set of one class, or a training subset of ``size`` that leaves out a
+    class the training set has (naming the classes and the smallest size that has them all)."""
+    counts = np.bincount(ds.y_train, minlength=ds.num_classes).astype(np.int64)
+    if (counts > 0).sum() < 2:  # a one-class set is "fitted" before its first step: nothing is measured
+        only = int(np.argmax(counts))
+        raise UserError(f"{ds.source}: every training image of {ds.name} is in one class "
+                        f"({_class_name(ds, only)}); training needs at least two classes; add images (or labels) "
+                        "of another class")
+    if size is None:
+        return
+    missing = np.flatnonzero((counts > 0) & (_quota(counts, size) == 0))
+    if not len(missing):
+        return
+    # Every class gets at least one example at size >= n / (smallest count), so the search ends there.
+    enough = next(s for s in range(size + 1, len(ds.y_train) + 1) if (_quota(counts, s)[counts > 0] > 0).all())
+    names = ", ".join(_class_name(ds, k) for k in missing[:10])
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    raise UserError(f"--train-size {size} leaves {len(missing)} of the {int((counts > 0).sum())} classes of "
+                    f"{ds.name} out of the stratified subset ({names}{more}); use --train-size {enough} or more, "
+                    "the smallest that has every class")
+
+
 def subset(ds: Dataset, train_size: int | None, test_size: int | None,
-           rng: np.random.Generator) -> Dataset:
+           rng: np.random.Generator, training: bool = False) -> Dataset:
     """A class-stratified subset of ``ds`` with exactly ``train_size`` / ``test_size`` examples.
 
     ``None`` keeps a split whole. Sizes below the number of classes are allowed (stratification
-    is then best effort). Indices keep the original order, and ``rng`` decides which examples of
-    each class are taken (train first, then test), so a seed fixes the subset. Everything else,
-    the checksum included, is kept.
+    is then best effort) unless ``training``: then a training set of one class, or a training
+    subset without some class of the training set, raises a UserError. Indices keep the original
+    order, and ``rng`` decides which examples of each class are taken (train first, then test), so
+    a seed fixes the subset. Everything else, the checksum included, is kept.
     """
+    if training:
+        _check_training_classes(ds, None if train_size is None else _check_size(
+            train_size, len(ds.y_train), "--train-size", f"training images of {ds.name}"))
     changes = {}
     for split, size, flag, what in (("train", train_size, "--train-size", "training images"),
                                     ("test", test_size, "--test-size", "test images")):

@@ -147,13 +147,15 @@ class StreamingData:
         except UserError as e:  # raised in a worker: keep the message's last line, its own
             raise UserError(str(e).strip().splitlines()[-1].split("UserError: ")[-1]) from None
 
-    def batches(self, perm, batch_size: int, kinds: tuple[str, ...], aug_gen, shard: Shard):
-        """For every global batch of ``perm``: this rank's images and labels, and the global
-        batch's size (see :meth:`rethink.train.engine.TrainData.batches`)."""
+    def batches(self, perm, batch_size: int, kinds: tuple[str, ...], aug_gen, shard: Shard, first: int = 0,
+                aug_state=None):
+        """For every global batch of ``perm`` from the ``first``-th on: this rank's images and labels,
+        and the global batch's size (see :meth:`rethink.train.engine.TrainData.batches`). The
+        epoch's seeds are all drawn first from the fresh ``aug_gen``, so ``aug_state`` is not needed."""
         order = perm.tolist()
         seeds = (torch.randint(0, 2**62, (len(order),), generator=aug_gen, device=aug_gen.device).tolist()
                  if kinds else [None] * len(order))
-        starts = range(0, len(order), batch_size)
+        starts = range(first * batch_size, len(order), batch_size)
         plan = [shard.take([(order[p], seeds[p]) for p in range(s, min(s + batch_size, len(order)))]) for s in starts]
         for items, xb, s in zip(plan, self._stream(self.train_files, kinds, plan), starts):
             idx = torch.tensor([i for i, _ in items], device=self.device)

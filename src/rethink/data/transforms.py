@@ -44,8 +44,9 @@ def preprocess(x: torch.Tensor, crop: int | None, standardize_images: bool) -> t
 def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     """A random ``size`` x ``size`` window per image; images no larger than ``size`` are padded.
 
-    32x32 originals give random 28x28 windows (the paper's crop); 28x28 images are zero-padded by
-    about an eighth of their side first (28 -> 36) so that the window can move.
+    32x32 originals give random 28x28 windows (the paper's crop); images no larger than the window
+    are zero-padded by an eighth of their side, at least 1 pixel, first so that the window can move
+    (28 -> 36: shifts of up to 4 pixels; 8x8 digits -> 10: shifts of up to 1 pixel).
     """
     n, c, h, w = x.shape
     if h <= size and w <= size:

@@ -132,15 +132,18 @@ def estimate_seconds(n: int, d: int, n_test: int) -> float:
 def check_fits(n: int, d: int, n_test: int, columns: int, max_memory_gb: float | None = None) -> Estimate:
     """The estimate for this solve; raises UserError, naming the largest n that fits, if it does not."""
     resident = resident_bytes()
-    budget = available_bytes()
+    available = budget = available_bytes()
     if max_memory_gb is not None:
         budget = min(budget, max_memory_gb * GB - resident)
     need = memory_needed(n, d, n_test, columns)
     max_n = largest_n(d, n_test, columns, budget)
     if need > budget:
         limit = f"--max-memory {max_memory_gb:g} GB" if max_memory_gb is not None else "the memory available now"
+        fixes = [f"--train-size {max_n} or less"] if max_n else []
+        if max_memory_gb is not None and need <= available:  # the flag, not the machine, is what is short
+            fixes.append(f"--max-memory {math.ceil((need + resident) / GB * 10) / 10:g} or more")
         raise UserError(f"n = {n:,} needs about {(need + resident) / GB:.1f} GB (the float32 kernel matrix alone "
                         f"{matrix_bytes(n) / GB:.1f} GB), more than {limit} allows "
-                        f"({(budget + resident) / GB:.1f} GB); "
-                        + (f"use --train-size {max_n} or less" if max_n else "free some memory first"))
+                        f"({(budget + resident) / GB:.3g} GB); "
+                        + ("use " + ", or ".join(fixes) if fixes else "free some memory first"))
     return Estimate(n, need / GB, resident / GB, budget / GB, max_n, estimate_seconds(n, d, n_test))

@@ -122,7 +122,7 @@ class Inputs:
 def load_inputs(cfg: KernelConfig) -> Inputs:
     """Load, subset and randomize the data with the run's seed, preprocess, apply the feature map."""
     ds = load_dataset(cfg.dataset, cfg.data_dir)
-    ds = subset(ds, cfg.train_size, cfg.test_size, generator(cfg.seed, "subset"))
+    ds = subset(ds, cfg.train_size, cfg.test_size, generator(cfg.seed, "subset"), training=True)
     r = randomize(cfg.randomize, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes,
                   generator(cfg.seed, "randomize"), p=cfg.p)
     crop = resolve_crop(cfg.crop, ds.x_train.shape[-1])

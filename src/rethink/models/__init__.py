@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rethink.errors import UserError
+from rethink.errors import UserCodeError, UserError
 from rethink.models import alexnet as _alexnet
 from rethink.models import inception as _inception
 from rethink.models import inception_v3 as _inception_v3
@@ -36,6 +36,7 @@ _REGISTRY: dict[str, tuple[Factory, str]] = {}
 USER_MODEL_FORM = (
     "--model mypkg.nets:make_model, where make_model(input_shape, num_classes) returns a torch.nn.Module"
 )
+TRACEBACK_HINT = "rethink --debug or RETHINK_DEBUG=1 shows its traceback"
 
 
 def register(name: str, description: str) -> Callable[[Factory], Factory]:
@@ -167,7 +168,11 @@ def _build_user_model(spec: str, input_shape, num_classes, options: dict) -> nn.
         ) from e
     except ValueError:
         pass  # no signature available (e.g. some builtins): just call it
-    model = factory(*args, **options) if options else factory(*args)
+    try:
+        model = factory(*args, **options) if options else factory(*args)
+    except Exception as e:  # noqa: BLE001 - the user's own code failed, not rethink
+        detail = " ".join(f"{type(e).__name__}: {e}".split())
+        raise UserCodeError(f"model factory {spec!r} raised {detail}; fix the factory ({TRACEBACK_HINT})") from e
     if not isinstance(model, nn.Module):
         raise UserError(
             f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module; expected {USER_MODEL_FORM}"
@@ -196,7 +201,7 @@ def _check_output(spec: str, model: nn.Module, input_shape: tuple[int, ...], num
         detail = " ".join(f"{type(e).__name__}: {e}".split())
         raise UserError(
             f"model {spec!r} failed on a dummy batch of shape {(2, *input_shape)} ({detail}); "
-            f"it must map float32 (N, C, H, W) inputs to (N, {num_classes}) logits"
+            f"it must map float32 (N, C, H, W) inputs to (N, {num_classes}) logits ({TRACEBACK_HINT})"
         ) from e
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

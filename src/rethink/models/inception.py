@@ -9,7 +9,8 @@ Both downsample branches use padding 1, so a side of ``n`` becomes ``ceil(n / 2)
 Network: Conv(96, 3x3) -> Inc(32,32) -> Inc(32,48) -> Down(80) -> Inc(112,48) -> Inc(96,64)
 -> Inc(80,80) -> Inc(48,96) -> Down(96) -> Inc(176,160) -> Inc(176,160) -> global mean pool
 -> (dropout) -> linear. ``inception-nobn`` removes every batch norm and gives the convolutions
-a bias instead, which keeps the parameter count (1,649,402 for 3x28x28 and 10 classes).
+a bias instead, which keeps the parameter count (1,649,402 for 3x28x28 and 10 classes), and
+starts them from He's initialization (see :class:`ConvModule`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ class ShiftBatchNorm2d(nn.BatchNorm2d):
 
 
 class ConvModule(nn.Sequential):
-    """conv -> ShiftBatchNorm2d -> ReLU, or conv (with bias) -> ReLU when ``batch_norm`` is False."""
+    """conv -> ShiftBatchNorm2d -> ReLU, or conv (with bias) -> ReLU when ``batch_norm`` is False.
+    Without batch norm the convolution starts from He's initialization (normal, fan-in, zero bias):
+    PyTorch's default keeps a third of the signal's variance per layer, so twenty layers without a
+    normalization hand the classifier nothing and the network stays at chance."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, batch_norm: bool = True):
         layers: list[tuple[str, nn.Module]] = [
@@ -51,6 +55,9 @@ class ConvModule(nn.Sequential):
         ]
         if batch_norm:
             layers.append(("bn", ShiftBatchNorm2d(out_ch)))
+        else:
+            nn.init.kaiming_normal_(layers[0][1].weight, nonlinearity="relu")
+            nn.init.zeros_(layers[0][1].bias)
         layers.append(("relu", nn.ReLU()))
         super().__init__(OrderedDict(layers))
         self.out_channels = out_ch

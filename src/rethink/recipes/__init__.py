@@ -46,7 +46,7 @@ RECIPES = {r.name: r for r in [
     Recipe("table1", "train/test accuracy with and without random crop and weight decay, random labels",
            tables.specs_table1, tables.render_table1),
     Recipe("table4", "random labels with weight decay, random cropping, augmentation", tables.specs_table4,
-           tables.render_table4),
+           tables.render_table4, tables.TABLE4_PROTOCOLS),
     Recipe("table2", "ImageNet, Inception V3: regularizers on and off, random labels; top-1, top-5, best test",
            table2.specs_table2, table2.render_table2),
 ]}
@@ -134,4 +134,10 @@ def stored_outputs(db: Store) -> list[Output]:
     return outputs
 
 
-__all__ = ["RECIPES", "SCALES", "PROTOCOLS", "Recipe", "get", "reproduce", "stored_outputs"]
+def user_runs(db: Store) -> list[dict]:
+    """The store's runs that belong to no recorded recipe (the user's own runs and sweeps)."""
+    in_recipes = {rid for rec in db.recipes() for rid in rec["run_ids"]}
+    return [r for r in db.runs() if r["run_id"] not in in_recipes]
+
+
+__all__ = ["RECIPES", "SCALES", "PROTOCOLS", "Recipe", "get", "reproduce", "stored_outputs", "user_runs"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,8 @@ class Protocol:
     lr_decay: float = 0.95
     epochs: int = 100  # the cap of runs that stop when they fit
     budget_epochs: int = 100  # runs that train to the end of their budget (Table 1, Figure 2b)
+    budgets: dict = field(default_factory=dict)  # model -> its own budget_epochs
+    whole_budget: bool = True  # Table 1's runs train to the end of their budget (False: until they fit)
     eval_every: int | None = None
     eval_epochs: dict = field(default_factory=dict)  # model -> evaluated every this many epochs instead
     compiled: tuple = ()  # models trained through torch.compile unless --compile/--no-compile says otherwise
@@ -40,11 +42,29 @@ class Protocol:
     p_levels: tuple = tuple(round(0.1 * i, 1) for i in range(11))
     model_p_levels: dict = field(default_factory=dict)  # model -> its own corruption levels (Figure 1b, 1c)
     weight_decay: float = 5e-4  # the paper gives no value for Table 1
+    note: str = ""  # what the scale changes from the paper, in one sentence for the captions
 
     def p_levels_of(self, model: str) -> tuple:
         return self.model_p_levels.get(model, self.p_levels)
 
-    def describe(self, data: str | None = None) -> str:
+    def budget_of(self, model: str) -> int:
+        return self.budgets.get(model, self.budget_epochs)
+
+    def caption(self, options: dict, results) -> str:
+        """:meth:`describe` for a caption: the data ``options`` name, the settings of the models in ``results``."""
+        return self.describe(options.get("dataset"), {r.spec.model for r in results})
+
+    def describe(self, data: str | None = None, models=None) -> str:
+        """The settings in words; with ``models``, only the per-model settings of those models (the
+        ones in the figure or table the caption is for)."""
+        if models is not None:
+            def own(d):
+                return {m: v for m, v in d.items() if m in models}
+
+            return replace(self, widths=own(self.widths), train_sizes=own(self.train_sizes),
+                           datasets=own(self.datasets), lrs=own(self.lrs), eval_epochs=own(self.eval_epochs),
+                           budgets=own(self.budgets), model_p_levels=own(self.model_p_levels),
+                           compiled=tuple(m for m in self.compiled if m in models)).describe(data)
         size = (f"{self.train_size or 'all'} train / {self.test_size or 'all'} test images"
                 + (" (" + ", ".join(f"{LABELS.get(m, m)}: {n}" for m, n in self.train_sizes.items()) + " train)"
                    if self.train_sizes else ""))
@@ -58,14 +78,17 @@ class Protocol:
         rates = f"the paper's initial rates (0.1 Inception, 0.01 others){' except ' + rates if rates else ''}"
         own_levels = ", ".join(f"{LABELS.get(m, m)}: {_levels(ps)}" for m, ps in self.model_p_levels.items())
         levels = f" Corruption levels p = {_levels(self.p_levels)} ({own_levels})." if own_levels else ""
+        own_budgets = "".join(f", {LABELS.get(m, m)} {b}" for m, b in self.budgets.items())
         return (f"Scale '{self.scale}': {data or self.dataset}{own}, {size}"
                 + (f"; {widths}" if widths else "; the paper's models at full width")
                 + f"; SGD momentum 0.9, batch 128, {rates}, {decay}; "
-                  f"budget {self.epochs} epochs ({self.budget_epochs} for runs not stopped at a fit); fit threshold {100 * self.fit_threshold:g}% training accuracy, "
+                  f"budget {self.epochs} epochs ({self.budget_epochs}{own_budgets} for runs not stopped at a fit); "
+                  f"fit threshold {100 * self.fit_threshold:g}% training accuracy, "
                   f"evaluated {evals}."
                 + levels
                 + (" " + ", ".join(LABELS.get(m, m) for m in self.compiled) + " trained through torch.compile."
-                   if self.compiled else ""))
+                   if self.compiled else "")
+                + (f" {self.note}" if self.note else ""))
 
 
 def _levels(ps) -> str:
@@ -73,11 +96,22 @@ def _levels(ps) -> str:
 
 
 PROTOCOLS = {
-    # CI-sized: the embedded digits set, tiny models, a few steps; seconds per recipe.
-    "smoke": Protocol("smoke", "digits", 150, 100,
-                      widths={"inception": 0.0625, "inception-nobn": 0.0625, "alexnet": 0.125, "mlp1x512": 0.25,
-                              "mlp3x512": 0.25},
-                      lr_decay=1.0, epochs=8, budget_epochs=4, p_levels=(0.0, 0.5, 1.0)),
+    # What a new user runs first, under a minute per recipe on 2 CPU cores: the embedded digits set,
+    # narrow conv nets on 256 images (their step is mostly fixed overhead, whatever the width, so few),
+    # MLPs on all 1,437 at the demo's rate 0.1 (on 256 images p = 0.5 fitted after p = 1), AlexNet at
+    # 0.02 (at 0.01 it memorizes slower), Inception w/o BN at 0.01 (at 0.03 and up it stays at chance).
+    # Budgets in epochs let the random-label runs of Table 1 fit; its runs end when they fit, which
+    # keeps it within the minute.
+    "smoke": Protocol("smoke", "digits", 256, 360,
+                      widths={"inception": 0.125, "inception-nobn": 0.125, "alexnet": 0.25, "mlp3x512": 0.25},
+                      train_sizes={"mlp1x512": 1437, "mlp3x512": 1437},
+                      lrs={"alexnet": 0.02, "inception-nobn": 0.01, "mlp1x512": 0.1, "mlp3x512": 0.1},
+                      lr_decay=1.0, epochs=400, budget_epochs=60,
+                      budgets={"alexnet": 400, "inception-nobn": 200, "mlp1x512": 400, "mlp3x512": 400},
+                      whole_budget=False,
+                      eval_epochs={"inception": 2, "inception-nobn": 2, "alexnet": 2}, p_levels=(0.0, 0.5, 1.0),
+                      note="A smoke test of the paper's qualitative effects, not of its numbers: 8x8 grayscale "
+                           "digits (10 classes) instead of CIFAR-10, a few hundred images, narrow models."),
     # About an hour at most on 2 CPU cores per recipe: a CIFAR-10 subset, narrower conv nets,
     # constant rate. No CIFAR-10 files at the default places? Pass --dataset imagefolder
     # --data-dir cifar10-jpeg.tar.gz (the JPEG copy) or --dataset cifar10 --data-dir DIR.

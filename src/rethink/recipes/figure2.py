@@ -13,7 +13,7 @@ MODELS = ("inception", "inception-nobn")
 
 
 def specs_2b(proto, options, seeds):
-    return [make_spec(proto, options, m, s, randomize="none", stop_on_fit=False, epochs=proto.budget_epochs)
+    return [make_spec(proto, options, m, s, randomize="none", stop_on_fit=False, epochs=proto.budget_of(m))
             for m in MODELS for s in range(seeds)]
 
 
@@ -43,7 +43,7 @@ def render_2b(results, proto, options, seeds):
                      fmt(*best_each, 2, 100, seeds), fmt(best_each[0] - final[0], 0, 2, 100)])
     axes[0].set_ylabel("accuracy")
     caption = (f"{LABELS['inception']} with and without batch norm, true labels, no weight decay, dropout or "
-               f"augmentation. {proto.describe(options.get('dataset'))} Mean over {seeds} seed(s).")
+               f"augmentation. {proto.caption(options, results)} Mean over {seeds} seed(s).")
     table = Table("figure2b", ["model", "final train acc %", "final test acc %", "best test acc %",
                                "early-stopping gain (points)"], rows, caption,
                   ["Paper (Figure 2b, CIFAR-10): batch norm is worth 3-4 points of test accuracy; "

@@ -8,6 +8,7 @@ Figures stay open after either; ``close(output)`` releases them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -85,8 +86,10 @@ def _readme(output: Output, has_env: bool) -> str:
         if fig.caption.strip():
             lines += [_md_text(fig.caption), ""]
         lines += [f"Files: [{fig.name}.png]({fig.name}.png), [{fig.name}.svg]({fig.name}.svg)", ""]
-    for table in output.tables:
-        lines += [f"## Table `{table.name}`", "", to_markdown(table),
+    captions = {fig.caption.strip() for fig in output.figures}
+    for table in output.tables:  # a caption that its figure has shown already is not repeated
+        shown = dataclasses.replace(table, caption="") if table.caption.strip() in captions else table
+        lines += [f"## Table `{table.name}`", "", to_markdown(shown),
                   f"Files: [{table.name}.md]({table.name}.md), [{table.name}.tex]({table.name}.tex)", ""]
     lines += ["## Runs", "", f"- [specs.json](specs.json): the {len(output.specs)} run specs behind these results"]
     if output.runs:
@@ -126,7 +129,8 @@ def environment() -> dict:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "device": device,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else
+        f"no CUDA GPU (torch built {'for CUDA ' + torch.version.cuda if torch.version.cuda else 'without CUDA'})",
         "torch_threads": torch.get_num_threads(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "git_commit": git_commit(),

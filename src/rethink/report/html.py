@@ -7,6 +7,7 @@ nothing else (no network, no JavaScript) and can be mailed or archived on its ow
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import html
 import io
@@ -48,6 +49,7 @@ th { background: var(--band); text-align: left; }
 tbody tr:nth-child(even) { background: #fbfcfd; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.env th { width: 11rem; }
+#runs table { font-size: .82rem; }
 .notes { color: var(--muted); font-size: .85rem; margin: .3rem 0 0; }
 .notes p { margin: .15rem 0; }
 details { margin: 1.25rem 0; border: 1px solid var(--line); border-radius: 6px; padding: .5rem .9rem; }
@@ -118,14 +120,18 @@ def _runs_html(runs: list[dict]) -> str:
 
 def _output_html(out: Output, sid: str) -> str:
     parts = [f'<section id="{sid}">', f'<h2>{_e(out.recipe)} <span class="scale">({_e(out.scale)} scale)</span></h2>']
+    shown = set()  # captions already on the page in this section: a table that shares its figure's says so once
     for fig in out.figures:
         alt = fig.caption.strip() or fig.name
         cap = f"<b>{_e(fig.name)}.</b> {_e(fig.caption)}" if fig.caption.strip() else f"<b>{_e(fig.name)}</b>"
-        parts += [f'<figure id="{sid}-{_slug(fig.name)}">',
+        shown.add(fig.caption.strip())
+        parts += [f'<figure id="{_anchor(sid, "figure", fig.name)}">',
                   f'<img src="{_png_data_uri(fig.fig)}" alt="{_e(alt)}">',
                   f"<figcaption>{cap}</figcaption>", "</figure>"]
     for table in out.tables:
-        parts.append(table_html(table, anchor=f"{sid}-{_slug(table.name)}"))
+        if table.caption.strip() in shown:
+            table = dataclasses.replace(table, caption="")
+        parts.append(table_html(table, anchor=_anchor(sid, "table", table.name)))
     if not out.figures and not out.tables:
         parts.append(f'<p class="empty">{_e(out.recipe)} produced no figures or tables.</p>')
     parts.append(f"<details><summary>Run specs ({len(out.specs)})</summary>")
@@ -137,28 +143,73 @@ def _output_html(out: Output, sid: str) -> str:
     return "\n".join(parts)
 
 
-def to_html(outputs: list[Output], title: str = "rethink report", env: dict | None = None) -> str:
-    """One self-contained HTML page: title, environment, contents, then a section per output."""
+def _anchor(sid: str, kind: str, name: str) -> str:
+    """A figure's or table's id (a figure and a table may share a name)."""
+    return f"{sid}-{kind}-{_slug(name)}"
+
+
+def _contents_entry(sid: str, out: Output) -> str:
+    """One line of the contents: the recipe, then links to its figures and tables, each named once
+    (by its kind alone when it has the recipe's name)."""
+    links = [f'<a href="#{_anchor(sid, kind, item.name)}">{_e(kind if item.name == out.recipe else f"{kind} {item.name}")}</a>'
+             for kind, items in (("figure", out.figures), ("table", out.tables)) for item in items]
+    sub = f" &mdash; {' &middot; '.join(links)}" if links else ""
+    return f'<li><a href="#{sid}">{_e(out.recipe)}</a> <span class="scale">({_e(out.scale)} scale)</span>{sub}</li>'
+
+
+def _pct(v) -> str:
+    return "" if v is None else f"{100 * v:.1f}%"
+
+
+def user_runs_table(runs: list[dict]) -> Table:
+    """The store's runs that belong to no recipe (rows of :meth:`rethink.store.Store.runs`) with
+    their key numbers; the corrupted/clean accuracies appear when some run corrupts labels."""
+    partial = any(r["summary"] and r["summary"].get("corrupted_acc_noisy") is not None for r in runs)
+    header = ["run", "status", "model on data", "test, seed", "train acc", "test acc", "time to fit", "train s"]
+    if partial:
+        header += ["labels changed", "corrupted: fit noisy", "corrupted: true", "clean acc"]
+    rows = []
+    for r in runs:
+        sp, s = r["spec"], r["summary"] or {}
+        ttf = s.get("time_to_fit")
+        row = [r["run_id"], r.get("state", r["status"]), f"{sp.get('model')} on {sp.get('dataset')}",
+               sp.get("randomize", "") + (f" p={sp['p']:g}" if sp.get("randomize") == "partial-labels" else "")
+               + f", seed {sp.get('seed')}", _pct(s.get("train_acc")), _pct(s.get("test_acc")),
+               f"{ttf['steps']} steps, {ttf['seconds']:.1f} s" if ttf else "",
+               "" if s.get("train_seconds") is None else f"{s['train_seconds']:.1f}"]
+        if partial:
+            row += [_pct(s.get("changed_fraction")), _pct(s.get("corrupted_acc_noisy")),
+                    _pct(s.get("corrupted_acc_true")), _pct(s.get("clean_acc"))]
+        rows.append(row)
+    return Table("runs", header, rows, f"{len(runs)} run(s) in this store that belong to no recipe (from rethink run "
+                 "or rethink sweep); rethink export gives every metric of each.")
+
+
+def to_html(outputs: list[Output], title: str = "rethink report", env: dict | None = None,
+            runs: list[dict] | None = None) -> str:
+    """One self-contained HTML page: title, environment, contents, a section per output, then the
+    ``runs`` (store rows, see :func:`user_runs_table`) that belong to no recipe."""
     ids = [f"r{i + 1}-{_slug(o.recipe)}-{_slug(o.scale)}" for i, o in enumerate(outputs)]
     when = (env or {}).get("date") or datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    body = [f"<h1>{_e(title)}</h1>", f'<p class="meta">Generated {_e(when)}; {len(outputs)} recipe result(s).</p>']
+    counts = f"{len(outputs)} recipe result(s)" + (f", {len(runs)} other run(s)" if runs else "")
+    body = [f"<h1>{_e(title)}</h1>", f'<p class="meta">Generated {_e(when)}; {counts}.</p>']
 
     if env:
         body += ['<section id="environment">', "<h2>Environment</h2>", '<div class="table-wrap"><table class="env"><tbody>']
-        body += [f"<tr><th>{_e(k)}</th><td>{_e(_cell(v))}</td></tr>" for k, v in env.items()]
+        body += [f"<tr><th>{_e(k)}</th><td>{_e(_cell(v) if v is not None else 'unknown')}</td></tr>" for k, v in env.items()]
         body += ["</tbody></table></div>", "</section>"]
 
-    if not outputs:
+    if not outputs and not runs:
         body.append('<p class="empty">no recipe results in this store yet; run <code>rethink reproduce NAME</code></p>')
     else:
         body += ['<nav id="contents">', "<h2>Contents</h2>", "<ol>"]
-        for sid, o in zip(ids, outputs):
-            items = [f'<li><a href="#{sid}-{_slug(f.name)}">{_e(f.name)}</a></li>' for f in o.figures]
-            items += [f'<li><a href="#{sid}-{_slug(t.name)}">{_e(t.name)}</a></li>' for t in o.tables]
-            sub = f"<ul>{''.join(items)}</ul>" if items else ""
-            body.append(f'<li><a href="#{sid}">{_e(o.recipe)}</a> <span class="scale">({_e(o.scale)} scale)</span>{sub}</li>')
+        body += [_contents_entry(sid, o) for sid, o in zip(ids, outputs)]
+        if runs:
+            body.append('<li><a href="#runs">Runs</a> <span class="scale">(not part of a recipe)</span></li>')
         body += ["</ol>", "</nav>"]
         body += [_output_html(o, sid) for sid, o in zip(ids, outputs)]
+        if runs:
+            body += ['<section id="runs">', "<h2>Runs</h2>", table_html(user_runs_table(runs)), "</section>"]
 
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -167,10 +218,11 @@ def to_html(outputs: list[Output], title: str = "rethink report", env: dict | No
         *body, "</main>", "</body>", "</html>", ""])
 
 
-def write_html(outputs: list[Output], path: str, env: dict | None = None, title: str = "rethink report") -> str:
+def write_html(outputs: list[Output], path: str, env: dict | None = None, title: str = "rethink report",
+               runs: list[dict] | None = None) -> str:
     """Write :func:`to_html` to ``path`` (creating its folder) and return the path."""
     path = str(path)
-    page = to_html(outputs, title=title, env=env)
+    page = to_html(outputs, title=title, env=env, runs=runs)
     try:
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)

@@ -30,7 +30,7 @@ def construct_report(spec: RunSpec, outputs: str = "scalar", depth: int = 2) -> 
     net = construct(data.x_train, targets, depth=depth, seed=spec.seed)
     check = verify(net, data.x_train, targets)
     t0 = time.perf_counter()
-    test_acc = float((predict(net, data.x_test) == data.y_test.double()).double().mean())
+    test_acc = float((predict(net, data.x_test) == data.y_test).double().mean())
     c = net.construction
     return {
         "n": c.n, "d": c.d, "num_params": c.num_params, "fit_fraction": check.fit_fraction,

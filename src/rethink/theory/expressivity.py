@@ -310,12 +310,31 @@ def evaluate(net: nn.Module, x) -> torch.Tensor:
     return _by_blocks(net, as_tensor(x), net.width)
 
 
+def _targets_for(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The targets in the network's output shape: class labels become one-hot rows for K outputs."""
+    if out.ndim == 2 and targets.ndim == 1:
+        k = out.shape[1]
+        if not bool((targets == targets.round()).all() and (targets >= 0).all() and (targets < k).all()):
+            raise UserError(f"the network has {k} outputs, so it reads class labels 0..{k - 1} or one-hot targets "
+                            f"of shape (N, {k}); these targets are neither")
+        return one_hot(targets, k)
+    if out.shape[1:] != targets.shape[1:]:
+        raise UserError(f"the network has {1 if out.ndim == 1 else out.shape[1]} output(s) but the targets have shape "
+                        f"{tuple(targets.shape)}; give the targets it was built for (a scalar network: the labels "
+                        "as numbers, shape (N,))")
+    return targets
+
+
 def verify(net: nn.Module, x, y) -> Verification:
-    """Evaluate the network itself in float64 on the points and compare with the targets."""
+    """Evaluate the network itself in float64 on the points and compare with the targets.
+
+    ``y`` is what the network was built for; a K-output network also takes class labels 0..K-1.
+    """
     targets = as_targets(y, len(x))
     t0 = time.perf_counter()
     out = evaluate(net, x)
     seconds = time.perf_counter() - t0
+    targets = _targets_for(out, targets)
     if targets.ndim == 1:
         fit = (out - targets).abs() < 0.5
     else:
@@ -324,6 +343,6 @@ def verify(net: nn.Module, x, y) -> Verification:
 
 
 def predict(net: nn.Module, x) -> torch.Tensor:
-    """Class predictions: the rounded output (scalar network) or the argmax (K outputs)."""
+    """Class predictions as integers (int64): the rounded output (scalar network) or the argmax (K outputs)."""
     out = evaluate(net, x)
-    return out.round() if out.ndim == 1 else out.argmax(1).double()
+    return out.round().long() if out.ndim == 1 else out.argmax(1)

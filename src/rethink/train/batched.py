@@ -33,7 +33,7 @@ from torch.func import functional_call, vmap
 
 from ..data.transforms import augment, standardize
 from ..seeding import torch_seed
-from . import engine, fused_mlp
+from . import engine, fused_mlp, threads
 from .engine import (
     _RESUMED,
     TrainConfig,
@@ -43,12 +43,17 @@ from .engine import (
     _finish,
     _sync,
     autocast,
+    checkpoint_state,
     eval_batch,
     make_optimizer,
+    position,
     record_eval,
+    resume_place,
     save_checkpoints,
     speed_settings,
     stacked_metrics,
+    stop_on_signals,
+    stop_requested,
     uses_bf16,
 )
 
@@ -73,13 +78,16 @@ class Member:
 
 
 def train_batched(members: list[Member], *, template: nn.Module | None = None,
-                  checkpoint_interval: float = 60.0) -> list[TrainResult]:
+                  checkpoint_interval: float = 60.0, on_progress=None) -> list[TrainResult]:
     """Train every member until it fits, its budget ends or its loss diverges; their results in order.
 
     ``template`` is the architecture the batch runs (default: the first member's); every member's
     parameters must fit inside its shapes (they are zero-padded to them). Checkpoints are written
-    as :func:`rethink.train.engine.train` writes them. Members resumed from checkpoints of
-    different epochs train as separate batches, one after another.
+    as :func:`rethink.train.engine.train` writes them, and SIGINT or SIGTERM stops training as
+    there (after the current step, every active member checkpointed). Members resumed from
+    checkpoints of different places (epoch, step in it) train as separate batches, one after another.
+    ``on_progress(step, total_steps, finished)`` is called after evaluations and when members leave
+    (``finished``: how many members have ended so far).
     """
     for m in members:
         for name in SHARED:
@@ -92,36 +100,44 @@ def train_batched(members: list[Member], *, template: nn.Module | None = None,
     results = [res for res, _, _ in restored]
     steps_per_epoch = math.ceil(len(members[0].data.y_train) / members[0].cfg.batch_size)
     interrupted = False
-    for start in sorted({epoch for _, epoch, _ in restored}):
-        part = [i for i, (_, epoch, _) in enumerate(restored) if epoch == start]
-        if interrupted:  # Ctrl-C: the batches not started yet end as interrupted too
-            for i in part:
-                results[i].status = "interrupted"
-                _finish(results[i], steps_per_epoch)
-            continue
-        interrupted = _Lockstep([members[i] for i in part], [results[i] for i in part], template).run(
-            start, [restored[i][2] for i in part], checkpoint_interval)
+    with threads.registered(), stop_on_signals():
+        for start in sorted({place for _, place, _ in restored}):
+            part = [i for i, (_, place, _) in enumerate(restored) if place == start]
+            if interrupted:  # Ctrl-C: the batches not started yet end as interrupted too
+                for i in part:
+                    results[i].status = "interrupted"
+                    _finish(results[i], steps_per_epoch)
+                continue
+            ended = sum(1 for _, place, _ in restored if place < start)  # the earlier parts' members
+            report = (lambda step, total, done, k=ended: on_progress(step, total, k + done)) if on_progress else None
+            interrupted = _Lockstep([members[i] for i in part], [results[i] for i in part], template, report).run(
+                start, [restored[i][2] for i in part], [(members[i].resume or {}).get("aug_rng") for i in part],
+                checkpoint_interval)
     return results
 
 
-def _restore(m: Member) -> tuple[TrainResult, int, dict]:
-    """A member's result so far, the epoch it starts at, and its momentum buffers by parameter name."""
+def _restore(m: Member) -> tuple[TrainResult, tuple[int, int], dict]:
+    """A member's result so far, the place it starts at (epoch, step in it), and its momentum
+    buffers by parameter name."""
     res = TrainResult(status="budget")
     if m.resume is None:
-        return res, 0, {}
+        return res, (0, 0), {}
     m.model.load_state_dict(m.resume["model"])
     opt = make_optimizer(m.model, m.cfg)
     opt.load_state_dict(m.resume["optimizer"])
     for k in _RESUMED:
         setattr(res, k, m.resume["result"][k])
-    return res, m.resume["epoch"], {name: opt.state[p].get("momentum_buffer") for name, p in m.model.named_parameters()}
+    res.checkpoint_step = res.steps
+    return res, resume_place(m.resume), {name: opt.state[p].get("momentum_buffer")
+                                         for name, p in m.model.named_parameters()}
 
 
 class _Lockstep:
     """Members that start at the same epoch, trained as one batch."""
 
-    def __init__(self, members: list[Member], results: list[TrainResult], template: nn.Module):
+    def __init__(self, members: list[Member], results: list[TrainResult], template: nn.Module, on_progress=None):
         self.members, self.results, self.template = members, results, template
+        self.on_progress = on_progress  # (step, total_steps, members ended)
         self.cfg = cfg = members[0].cfg
         self.device = members[0].data.x_train.device
         self.n = len(members[0].data.y_train)
@@ -130,12 +146,12 @@ class _Lockstep:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.eval_every = cfg.eval_every or self.steps_per_epoch
-        self.epoch = 0
-        self.step = 0
+        self.epoch = self.step = 0
+        self.first = self.batches_done = 0  # this epoch's first batch (resumed inside it: not 0), batches done
 
     # -- the loop (engine.train's, for K models) -------------------------------------------------
-    def run(self, start_epoch: int, momenta: list[dict], checkpoint_interval: float) -> bool:
-        """Train to the end; True when interrupted (Ctrl-C)."""
+    def run(self, place: tuple[int, int], momenta: list[dict], aug_states: list, checkpoint_interval: float) -> bool:
+        """Train to the end from ``place`` (epoch, batches done in it); True when interrupted."""
         cfg = self.cfg
         self.active = []  # member indices, in the order of the stack
         for i, (m, res) in enumerate(zip(self.members, self.results)):
@@ -148,55 +164,65 @@ class _Lockstep:
         self.stack = _Stack(self.template, [self.members[i] for i in self.active], [momenta[i] for i in self.active],
                             cfg)
         self.step = self.results[self.active[0]].steps
-        self.epoch = start_epoch
+        start_epoch, start_batch = place
+        self.epoch, self.batches_done = place
         self.segment_start = last_ckpt = time.perf_counter()
-        if self.step == 0:
-            self._eval()
-            self._leave(self._done_positions(), 0, save=False)
         try:
+            if self.step == 0:
+                self._eval()
+                self._leave(self._done_positions())
             for epoch in range(start_epoch, cfg.epochs):
                 if self.step >= self.total_steps or not self.active:
                     break
                 self.epoch = epoch
+                self.first = self.batches_done = start_batch if epoch == start_epoch else 0
                 self.stack.new_epoch(cfg.lr * cfg.lr_decay**self.epoch, [self.members[i].cfg.seed for i in self.active],
-                                     self.epoch, self.steps_per_epoch)
-                done_in_epoch = 0
-                for b in range(self.steps_per_epoch):
+                                     self.epoch, self.steps_per_epoch,
+                                     [aug_states[i] for i in self.active] if self.first else None)
+                for b in range(self.first, self.steps_per_epoch):
                     if self.step >= self.total_steps:
                         break
                     self.stack.step(b, [self.members[i].data for i in self.active])
                     self.step += 1
-                    done_in_epoch += 1
+                    self.batches_done = b + 1
                     if self.step % self.eval_every == 0 or self.step == self.total_steps:
                         for i in self.active:
                             self.results[i].steps = self.step
                         finite = torch.isfinite(self.stack.losses[:, b]).tolist()  # the one sync, at evaluations
-                        self._leave([q for q, ok in enumerate(finite) if not ok], done_in_epoch, save=False)
+                        self._leave([q for q, ok in enumerate(finite) if not ok])
                         if not self.active:
                             break
                         self._eval()
-                        self._leave(self._done_positions(), done_in_epoch, save=True)
+                        self._leave(self._done_positions())
                         if not self.active:
                             break
+                    if stop_requested() is not None:
+                        break
                 if not self.active:
                     break
-                losses = self.stack.losses[:, :done_in_epoch]
-                self._leave([q for q, ok in enumerate(losses.isfinite().all(1).tolist()) if not ok], done_in_epoch,
-                            save=False)
+                losses = self.stack.losses[:, self.first : self.batches_done]
+                self._leave([q for q, ok in enumerate(losses.isfinite().all(1).tolist()) if not ok])
                 for q, i in enumerate(self.active):
-                    self.results[i].step_losses.extend(self.stack.losses[q, :done_in_epoch].tolist())
+                    self.results[i].step_losses.extend(self.stack.losses[q, self.first : self.batches_done].tolist())
                     self.results[i].steps = self.step
-                last_epoch = self.step >= self.total_steps or self.epoch + 1 == cfg.epochs
-                if self.active and (last_epoch or time.perf_counter() - last_ckpt >= checkpoint_interval):
-                    self._pause()
-                    save_checkpoints([self._checkpoint(q) for q in range(len(self.active))
-                                      if self.members[self.active[q]].checkpoint_path])
-                    self.segment_start = last_ckpt = time.perf_counter()
-        except KeyboardInterrupt:
+                if self.step >= self.total_steps or not self.active:
+                    break
+                if stop_requested() is not None:  # checkpoint where training stands (unless saved there), stop
+                    self._save([q for q, i in enumerate(self.active)
+                                if self.step > (self.results[i].checkpoint_step or 0)])
+                    for i in self.active:
+                        self.results[i].status = "interrupted"
+                        _finish(self.results[i], self.steps_per_epoch)
+                    return True
+                if time.perf_counter() - last_ckpt >= checkpoint_interval:
+                    self._save(range(len(self.active)))
+                    last_ckpt = time.perf_counter()
+        except KeyboardInterrupt:  # a second signal: no time to checkpoint
             for i in self.active:
                 self.results[i].status = "interrupted"
                 _finish(self.results[i], self.steps_per_epoch)
             return True
+        self._save(range(len(self.active)), finished=True)
         for q, i in enumerate(self.active):
             self.stack.unstack(q, self.members[i])
             self._end(i)
@@ -222,37 +248,52 @@ class _Lockstep:
         self.segment_start = time.perf_counter()
         for i in self.active:
             self.results[i].eval_seconds += self.segment_start - t0
+        self._progress()
+
+    def _progress(self) -> None:
+        if self.on_progress:
+            self.on_progress(self.step, self.total_steps, len(self.members) - len(self.active))
 
     def _done_positions(self) -> list[int]:
         return [q for q, i in enumerate(self.active) if _done(self.results[i], self.members[i].cfg)]
 
-    def _checkpoint(self, q: int) -> tuple[str, dict]:
+    def _save(self, positions, finished: bool = False) -> None:
+        """Checkpoint the members at these stack positions (those with a checkpoint path), all
+        files written before the first rename, as engine.train writes them."""
+        positions = [q for q in positions if self.members[self.active[q]].checkpoint_path]
+        if not positions:
+            return
+        self._pause()
+        save_checkpoints([self._checkpoint(q, finished) for q in positions])
+        self.segment_start = time.perf_counter()
+
+    def _checkpoint(self, q: int, finished: bool) -> tuple[str, dict]:
         """The checkpoint of the member at position ``q``, as engine.train writes it: (path, state)."""
         m, res = self.members[self.active[q]], self.results[self.active[q]]
         optimizer = self.stack.unstack(q, m)
-        return m.checkpoint_path, {
-            **(m.checkpoint_extra or {}), "epoch": self.epoch + 1, "model": m.model.state_dict(), "optimizer": optimizer,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "result": {k: getattr(res, k) for k in _RESUMED}}
+        res.checkpoint_step = self.step
+        return m.checkpoint_path, checkpoint_state(
+            m.model.state_dict(), optimizer, res, position(self.epoch, self.batches_done, self.steps_per_epoch),
+            self.stack.gens[q] if self.stack.gens else None, self.device, finished, m.checkpoint_extra)
 
-    def _leave(self, positions: list[int], done_in_epoch: int, save: bool) -> None:
+    def _leave(self, positions: list[int]) -> None:
         """The members at these stack positions end here, as engine.train ends a run that stops
-        inside an epoch: this epoch's losses, a last checkpoint (``save``, unless they diverged),
-        their final weights into their modules."""
+        inside an epoch: this epoch's losses, a last checkpoint (marked finished), their final
+        weights into their modules."""
         if not positions:
             return
         self._pause()
         for q in positions:
             i = self.active[q]
             res = self.results[i]
-            epoch_losses = self.stack.losses[q, :done_in_epoch].tolist() if done_in_epoch else []
+            epoch_losses = (self.stack.losses[q, self.first : self.batches_done].tolist()
+                            if self.batches_done > self.first else [])  # (none at step 0: no epoch begun)
             res.step_losses.extend(epoch_losses)
             res.steps = self.step
             if not all(math.isfinite(v) for v in epoch_losses):
                 res.status = "diverged"
-            elif save and self.members[i].checkpoint_path:
-                save_checkpoints([self._checkpoint(q)])
+            if self.members[i].checkpoint_path:
+                save_checkpoints([self._checkpoint(q, finished=True)])
             self.stack.unstack(q, self.members[i])
             self._end(i)
         keep = [q for q in range(len(self.active)) if q not in positions]
@@ -260,6 +301,7 @@ class _Lockstep:
         if keep:
             self.stack.keep(keep)
         self.segment_start = time.perf_counter()
+        self._progress()
 
     def _end(self, i: int) -> None:
         res = self.results[i]
@@ -323,8 +365,9 @@ class _Stack:
             self.opt.state[self.params[k]]["momentum_buffer"] = buf
         self.fused = fused_mlp.FusedStep(list(self.params.values()), self.opt) if self.mlp else None
 
-    def new_epoch(self, lr: float, seeds: list[int], epoch: int, steps: int) -> None:
-        """This epoch's learning rate, every member's batch order and augmentation stream."""
+    def new_epoch(self, lr: float, seeds: list[int], epoch: int, steps: int, aug_states: list | None = None) -> None:
+        """This epoch's learning rate, every member's batch order and augmentation stream (resumed
+        inside the epoch: ``aug_states``, the streams' states there)."""
         self.lr = lr
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -333,6 +376,8 @@ class _Stack:
             torch_seed(s, "order", epoch))) for s in seeds]).to(device)
         if self.cfg.augment:
             self.gens = [torch.Generator(device=device).manual_seed(torch_seed(s, "augment", epoch)) for s in seeds]
+            for gen, state in zip(self.gens, aug_states or []):
+                gen.set_state(state.cpu())
         self.losses = torch.empty(len(seeds), steps, device=device)
 
     def step(self, b: int, data: list[TrainData]) -> None:

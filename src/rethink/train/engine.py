@@ -12,6 +12,8 @@ import contextlib
 import ctypes
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from ..data.transforms import augment, standardize
 from ..distributed import Shard
 from ..seeding import torch_seed
+from . import threads
 from .fused_mlp import fused_step
 
 # Evaluation batches (measured, benchmarks/engine_choices.py): large ones for models without
@@ -56,11 +59,16 @@ class TrainData:
     def device(self) -> torch.device:
         return self.x_train.device
 
-    def batches(self, perm, batch_size: int, kinds: tuple[str, ...], aug_gen, shard: Shard):
-        """For every global batch of ``perm``: this rank's images (augmented when ``kinds``) and
-        labels, and the global batch's size. A data source streaming from disk has the same
+    def batches(self, perm, batch_size: int, kinds: tuple[str, ...], aug_gen, shard: Shard, first: int = 0,
+                aug_state: torch.Tensor | None = None):
+        """For every global batch of ``perm`` from the ``first``-th on: this rank's images (augmented
+        when ``kinds``) and labels, and the global batch's size. ``aug_gen`` is the epoch's fresh
+        augmentation stream; ``aug_state``, when resuming inside an epoch, its state after the first
+        ``first`` batches (a checkpoint's). A data source streaming from disk has the same
         ``batches`` and ``evaluate`` (see :mod:`rethink.data.streaming`)."""
-        for start in range(0, len(perm), batch_size):
+        if aug_state is not None:
+            aug_gen.set_state(aug_state.cpu())
+        for start in range(first * batch_size, len(perm), batch_size):
             idx = perm[start : start + batch_size]
             if kinds:  # augment the whole global batch, so that every rank draws the same numbers
                 xb = shard.take(augment(self.x_train_raw[idx], kinds, self.crop, aug_gen))
@@ -103,6 +111,7 @@ class TrainResult:
     epochs: float = 0.0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    checkpoint_step: int | None = None  # the step of the last checkpoint written or resumed from
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
@@ -220,6 +229,68 @@ def save_checkpoints(items: list[tuple[str, dict]]) -> None:
         os.replace(tmp, path)
 
 
+def position(epoch: int, batches_done: int, steps_per_epoch: int) -> tuple[int, int]:
+    """A checkpoint's place in training: (epoch, batches done in it); the end of an epoch is the
+    start of the next, (epoch + 1, 0), the place every checkpoint of older versions names."""
+    return (epoch + 1, 0) if batches_done >= steps_per_epoch else (epoch, batches_done)
+
+
+def checkpoint_state(model_state: dict, optimizer_state: dict, res: TrainResult, place: tuple[int, int],
+                     aug_gen, device: torch.device, finished: bool, extra: dict | None) -> dict:
+    """What a checkpoint holds, in either engine: weights, optimizer (momentum), results so far
+    (this epoch's losses included), its place (``epoch``, ``batch``) and, inside an epoch, the
+    random streams' states there; ``finished``: the run ended (no resuming it)."""
+    epoch, batch = place
+    return {**(extra or {}), "epoch": epoch, "batch": batch, "finished": finished, "model": model_state,
+            "optimizer": optimizer_state, "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "aug_rng": aug_gen.get_state() if batch and aug_gen is not None else None,
+            "result": {k: getattr(res, k) for k in _RESUMED}}
+
+
+def resume_place(resume: dict | None) -> tuple[int, int]:
+    """Where a checkpoint resumes: (epoch, batches done in it); checkpoints without ``batch``
+    (older versions) were all written at an epoch's end."""
+    return (0, 0) if resume is None else (resume["epoch"], resume.get("batch", 0))
+
+
+_stop_signal: int | None = None  # the signal that asked the training under way to stop
+
+
+def stop_requested() -> int | None:
+    """The signal (SIGINT or SIGTERM) that asked the last training to stop, or None."""
+    return _stop_signal
+
+
+@contextlib.contextmanager
+def stop_on_signals(enabled: bool = True):
+    """For the duration of training, SIGINT and SIGTERM only ask it to stop: the loop reads the
+    request after each step, checkpoints where it is and ends as interrupted, so that no
+    KeyboardInterrupt lands inside an optimizer step. A second signal raises KeyboardInterrupt at
+    once. Ignored signals stay ignored; off the main thread (no handlers there) nothing changes."""
+    global _stop_signal
+    _stop_signal = None
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        global _stop_signal
+        if _stop_signal is not None:
+            raise KeyboardInterrupt
+        _stop_signal = signum
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: h for sig, h in old.items() if h not in (signal.SIG_IGN, None)}
+    for sig in old:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def train(
     model: torch.nn.Module,
     data: TrainData,
@@ -234,12 +305,14 @@ def train(
     """Train ``model`` with SGD until it fits, its budget ends, or its loss diverges.
 
     ``resume`` is a state written by an earlier call's checkpoint (same model, data and config);
-    training continues from that epoch with the same random streams, so the result equals an
-    uninterrupted run. ``on_progress(step, total_steps, last_eval)`` is called after evaluations.
-    ``checkpoint_extra`` is stored in every checkpoint (e.g. the run id, to check it on resume).
-    Checkpoints are written at the end of an epoch once ``checkpoint_interval`` seconds have
-    passed since the last one (0: every epoch), and at the end of training. Their time counts
-    neither as training nor as evaluation time.
+    training continues from its place (an epoch's end, or a step inside an epoch) with the same
+    random streams, so the result equals an uninterrupted run. ``on_progress(step, total_steps,
+    last_eval)`` is called after evaluations. ``checkpoint_extra`` is stored in every checkpoint
+    (e.g. the run id, to check it on resume). Checkpoints are written at the end of an epoch once
+    ``checkpoint_interval`` seconds have passed since the last one (0: every epoch), at the end of
+    training (marked ``finished``), and when SIGINT or SIGTERM stops it (after the current step,
+    see :func:`stop_on_signals`; the result is then "interrupted"). Their time counts neither as
+    training nor as evaluation time.
     """
     speed_settings()
     device = data.device
@@ -254,17 +327,17 @@ def train(
         model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
     res = TrainResult(status="budget")
-    start_epoch = 0
+    start_epoch, start_batch = resume_place(resume)
     torch.manual_seed(torch_seed(cfg.seed, "dropout"))  # dropout draws from the global stream
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
-        torch.set_rng_state(resume["torch_rng"])
+        torch.set_rng_state(resume["torch_rng"].cpu())
         if device.type == "cuda" and resume.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(resume["cuda_rng"], device)
+            torch.cuda.set_rng_state(resume["cuda_rng"].cpu(), device)
         for k in _RESUMED:
             setattr(res, k, resume["result"][k])
-        start_epoch = resume["epoch"]
+        res.checkpoint_step = res.steps
     net = shard.wrap(model, device)
     if cfg.compile:
         net = torch.compile(net, dynamic=False)  # an epoch's last, smaller batch: its own static graph
@@ -289,70 +362,90 @@ def train(
             on_progress(step, total_steps, row)
         return row
 
-    segment_start = last_ckpt = time.perf_counter()  # training time accrues from here to the next pause
-    if step == 0:
-        do_eval()
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            if step >= total_steps or _done(res, cfg):
-                break
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * cfg.lr_decay**epoch
-            order = torch.Generator().manual_seed(torch_seed(cfg.seed, "order", epoch))
-            perm = torch.randperm(n, generator=order).to(device)
-            aug_gen = None
-            if cfg.augment:
-                aug_gen = torch.Generator(device=device).manual_seed(torch_seed(cfg.seed, "augment", epoch))
-            batches = data.batches(perm, cfg.batch_size, cfg.augment, aug_gen, shard)
-            if shard.world > 1:  # each rank its own dropout masks, reproducible after a resume
-                torch.manual_seed(torch_seed(cfg.seed, "dropout", epoch, shard.rank))
-            losses = torch.empty(steps_per_epoch, device=device)
-            done_in_epoch = 0
-            for b in range(steps_per_epoch):
-                if step >= total_steps:
+    def checkpoint(finished: bool):
+        nonlocal segment_start, last_ckpt
+        if not checkpoint_path or shard.rank != 0:
+            return
+        _sync(device)
+        t0 = time.perf_counter()
+        res.train_seconds += t0 - segment_start
+        save_checkpoint(checkpoint_path, checkpoint_state(
+            model.state_dict(), opt.state_dict(), res, position(epoch, batches_done, steps_per_epoch), aug_gen,
+            device, finished, checkpoint_extra))
+        res.checkpoint_step = step
+        segment_start = last_ckpt = time.perf_counter()
+
+    epoch, batches_done, aug_gen = start_epoch, start_batch, None  # where training stands
+    # under torchrun the ranks would have to agree on the step to stop at: Ctrl-C ends them at once
+    with threads.registered(), stop_on_signals(shard.world == 1):
+        segment_start = last_ckpt = time.perf_counter()  # training time accrues from here to the next pause
+        try:
+            if step == 0:
+                do_eval()
+            for epoch in range(start_epoch, cfg.epochs):
+                if step >= total_steps or _done(res, cfg):
                     break
-                xb, yb, count = next(batches)
-                if fused is not None:
-                    loss = fused(xb, yb)
-                else:
-                    with autocast(cfg, device):
-                        loss = shard.loss(net(xb), yb, count)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                losses[b] = loss.detach()
-                step += 1
-                done_in_epoch += 1
-                if step % eval_every == 0 or step == total_steps:
-                    res.steps = step
-                    if not shard.finite(losses[b]):  # the one sync, at evaluations only
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * cfg.lr_decay**epoch
+                order = torch.Generator().manual_seed(torch_seed(cfg.seed, "order", epoch))
+                perm = torch.randperm(n, generator=order).to(device)
+                if cfg.augment:
+                    aug_gen = torch.Generator(device=device).manual_seed(torch_seed(cfg.seed, "augment", epoch))
+                first = start_batch if epoch == start_epoch else 0  # resumed inside this epoch
+                batches = data.batches(perm, cfg.batch_size, cfg.augment, aug_gen, shard, first,
+                                       resume.get("aug_rng") if first else None)
+                if shard.world > 1:  # each rank its own dropout masks, reproducible after a resume
+                    torch.manual_seed(torch_seed(cfg.seed, "dropout", epoch, shard.rank))
+                losses = torch.empty(steps_per_epoch, device=device)
+                batches_done = first
+                for b in range(first, steps_per_epoch):
+                    if step >= total_steps:
                         break
-                    do_eval()
-                    if _done(res, cfg):
+                    xb, yb, count = next(batches)
+                    if fused is not None:
+                        loss = fused(xb, yb)
+                    else:
+                        with autocast(cfg, device):
+                            loss = shard.loss(net(xb), yb, count)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                    losses[b] = loss.detach()
+                    step += 1
+                    batches_done = b + 1
+                    if step % eval_every == 0 or step == total_steps:
+                        res.steps = step
+                        if not shard.finite(losses[b]):  # the one sync, at evaluations only
+                            break
+                        do_eval()
+                        if _done(res, cfg):
+                            break
+                    if _stop_signal is not None:
                         break
-            epoch_losses = shard.mean(losses[:done_in_epoch]).tolist()  # the global batches' losses
-            res.step_losses.extend(epoch_losses)
-            res.steps = step
-            if not all(math.isfinite(v) for v in epoch_losses):
-                res.status = "diverged"
-                break
-            last_epoch = step >= total_steps or epoch + 1 == cfg.epochs or _done(res, cfg)
-            if checkpoint_path and shard.rank == 0 and (
-                    last_epoch or time.perf_counter() - last_ckpt >= checkpoint_interval):
-                _sync(device)
-                t0 = time.perf_counter()
-                res.train_seconds += t0 - segment_start
-                save_checkpoint(checkpoint_path, {
-                    **(checkpoint_extra or {}), "epoch": epoch + 1, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "result": {k: getattr(res, k) for k in _RESUMED}})
-                segment_start = last_ckpt = time.perf_counter()
-    except KeyboardInterrupt:
-        res.status = "interrupted"
-        return _finish(res, steps_per_epoch)
-    if res.status not in ("diverged", "converged"):
-        res.status = "fitted" if res.time_to_fit and cfg.stop_on_fit else "budget"
+                epoch_losses = shard.mean(losses[first:batches_done]).tolist()  # the global batches' losses
+                res.step_losses.extend(epoch_losses)
+                res.steps = step
+                if not all(math.isfinite(v) for v in epoch_losses):
+                    res.status = "diverged"
+                    break
+                if step >= total_steps or _done(res, cfg):
+                    break
+                if _stop_signal is not None:
+                    break
+                if time.perf_counter() - last_ckpt >= checkpoint_interval:
+                    checkpoint(finished=False)
+        except KeyboardInterrupt:  # a second signal: no time to checkpoint
+            res.status = "interrupted"
+            return _finish(res, steps_per_epoch)
+        stopped = _stop_signal is not None and res.status != "diverged" and step < total_steps and not _done(res, cfg)
+        if stopped:
+            if step > (res.checkpoint_step or 0):  # where training stands, unless a checkpoint has it already
+                checkpoint(finished=False)
+            res.status = "interrupted"
+        else:
+            if res.status not in ("diverged", "converged"):
+                res.status = "fitted" if res.time_to_fit and cfg.stop_on_fit else "budget"
+            checkpoint(finished=True)
     return _finish(res, steps_per_epoch)
 
 
