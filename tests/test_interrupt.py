@@ -252,10 +252,15 @@ def test_an_interrupted_sweep_resumes_bitwise(tmp_path, executor):
     interrupt(tmp_path, ["sweep", str(grid), *how, "--store", store, "--quiet"], sig, 1 if executor == "local" else 2)
     saved = checkpoints(store)
     assert len(saved) >= (3 if executor == "local" else 2), "every run that was training checkpointed"
-    assert all(0 < s["result"]["steps"] < 1280 and not s["finished"] for s in saved.values())
+    # a worker that started late may have found a run already ended (its checkpoint marked finished)
+    stopped = [s for s in saved.values() if not s["finished"]]
+    ended = [s for s in saved.values() if s["finished"]]
+    assert stopped and all(0 < s["result"]["steps"] < 1280 for s in stopped), \
+        {f: (s["result"]["steps"], s["finished"], s["epoch"], s["batch"]) for f, s in saved.items()}
+    assert all(s["result"]["steps"] == 1280 for s in ended) and len(ended) <= (0 if executor == "local" else 1)
     again = rethink(tmp_path, "sweep", str(grid), *how, "--store", store, "--quiet")
     assert again.returncode == 0, again.stderr
-    assert again.stderr.count("from its checkpoint at step") == len(saved)
+    assert again.stderr.count("from its checkpoint at step") == len(stopped)
     assert stored(store) == stored(ref)
 
 
