@@ -563,7 +563,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--p", type=float, default=0.0, help=HELP["p"])
     p.add_argument("--kernel", default="gaussian", help=f"{', '.join(KERNELS)} (default gaussian)")
     p.add_argument("--bandwidth", type=float, help="the kernel's length scale s (default: a rule on the median "
-                   "pairwise distance, see the README); gaussian exp(-|x-y|^2/(2s^2)), laplacian exp(-|x-y|/s), "
+                   "pairwise distance, see docs/theory.md); gaussian exp(-|x-y|^2/(2s^2)), laplacian exp(-|x-y|/s), "
                    "polynomial (1 + <x,y>/s^2)^degree")
     p.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2)")
     p.add_argument("--features", default="none", help=f"{', '.join(FEATURES)}: a feature map before the kernel")

@@ -24,17 +24,17 @@ PAPER_1C_ERROR = {"inception": 0.13, "alexnet": 0.30, "mlp1x512": 0.50}
 # Figure 1b and 1c at the cpu scale: the narrow Inception runs on 6,000 Fashion-MNIST images (Debian's
 # dataset-fashion-mnist installs them), whatever --dataset says. Its slowdown needs that many: on 1,000
 # images it is 1.2x at p = 1, on 3,000 2.0-2.7x but level from p = 0.6, on 6,000 5.5x and rising
-# steadily (README, "Measured"); 6,000 CIFAR-10 images do not fit the hour. To fit the hour it is
+# steadily (docs/measured/README.md); 6,000 CIFAR-10 images do not fit the hour. To fit the hour it is
 # trained compiled.
 # AlexNet and the MLP keep the scale's dataset. The cap: 500 epochs (random labels took 284).
 # Inception runs at p = 0, 0.5, 1 only, evaluated every 6 epochs (282 steps; its p = 0 run fitted at
 # 2,538 = 9 x 282), the others at p = 0, 0.25, ..., 1, evaluated every 2 epochs (48 and 392 steps, 2%
 # and 4.5% of their p = 0 runs), to fit the hour on a 2-core AVX2 EPYC, whose compiled Inception step
-# is 2.2x slower than the AVX-512 machine's: denser settings took 74 min there (README, "Measured").
+# is 2.2x slower than the AVX-512 machine's: denser settings took 74 min there (docs/measured/README.md).
 # Levels 0.5 apart: one seed orders levels 0.3 apart by noise (p = 0.7 fitted 423 steps before 0.4).
 # AlexNet trains at a quarter of the paper's rate, constant: at 0.01 its slowdown with p (1.5-1.7x)
 # was within seed noise (seed 1 fitted p = 1 before p = 0.6 and 0.8); at 0.0025 it rises steadily,
-# 1.52-1.55x at p = 1 in two seeds (README, "Measured"); 6,000 images instead did not help.
+# 1.52-1.55x at p = 1 in two seeds (docs/measured/README.md); 6,000 images instead did not help.
 P_PROTOCOLS = {"cpu": replace(PROTOCOLS["cpu"], datasets={"inception": "fashion-mnist"},
                               train_sizes={**PROTOCOLS["cpu"].train_sizes, "inception": 6000},
                               eval_epochs={"inception": 6, "alexnet": 2, "mlp1x512": 2}, lrs={"alexnet": 0.0025},
