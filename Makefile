@@ -11,7 +11,7 @@ IMAGENET_VENV ?= .venv-imagenet
 IMAGENET_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 IMAGENET_STAMP = $(IMAGENET_VENV)/.installed
 
-.PHONY: install demo test test-imagenet test-quick clean
+.PHONY: install demo lint format test test-imagenet test-quick clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,15 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/rethink demo --out demo-out
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
 	$(VENV)/bin/python -m pytest -q
 	$(MAKE) test-imagenet
 

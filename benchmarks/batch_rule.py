@@ -19,7 +19,7 @@ import torch
 from rethink.batching import MAX_STEP_FLOPS
 from rethink.models import build
 from rethink.train.batched import Member, train_batched
-from rethink.train.engine import TrainConfig, TrainData, train
+from rethink.train.engine import TrainConfig, TrainData, speed_settings, train
 from rethink.train.flops import step_flops
 
 CASES = [  # (label, model, options, input shape)
@@ -55,9 +55,12 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="only the cases whose label contains this text, e.g. Inception")
     args = ap.parse_args(argv)
     k, steps = args.models, args.steps
+    speed_settings()  # as the command line trains
     cfg = TrainConfig(lr=0.01, lr_decay=1.0, epochs=1000, max_steps=steps, eval_every=10**9, stop_on_fit=False)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; K = {k} models, {steps} steps each, batch 128; "
-          f"rule: batched up to {MAX_STEP_FLOPS['cpu'] / 1e6:.0f} MFLOP per step on CPU\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; K = {k} models, {steps} steps each, batch 128; "
+        f"rule: batched up to {MAX_STEP_FLOPS['cpu'] / 1e6:.0f} MFLOP per step on CPU\n"
+    )
     print("| model | MFLOP per step | alone (ms per model-step) | batched (ms per model-step) | speedup | rule |")
     print("|---|---|---|---|---|---|")
     for label, name, options, shape in CASES:
@@ -67,13 +70,18 @@ def main(argv=None) -> int:
         flops = step_flops(model(name, options, shape, 0), shape, 128)
         alone = batched = float("inf")
         for _ in range(2):  # the better of two rounds each
-            alone = min(alone, sum(train(model(name, options, shape, s), data(shape, n, s), cfg).train_seconds
-                                   for s in range(k)))
+            alone = min(
+                alone,
+                sum(train(model(name, options, shape, s), data(shape, n, s), cfg).train_seconds for s in range(k)),
+            )
             members = [Member(model(name, options, shape, s), data(shape, n, s), cfg) for s in range(k)]
             batched = min(batched, max(r.train_seconds for r in train_batched(members)))
         per = 1e3 / (k * steps)
-        print(f"| {label} | {flops / 1e6:,.1f} | {alone * per:.3f} | {batched * per:.3f} | {alone / batched:.2f}x | "
-              f"{'batched' if flops <= MAX_STEP_FLOPS['cpu'] else 'alone'} |", flush=True)
+        print(
+            f"| {label} | {flops / 1e6:,.1f} | {alone * per:.3f} | {batched * per:.3f} | {alone / batched:.2f}x | "
+            f"{'batched' if flops <= MAX_STEP_FLOPS['cpu'] else 'alone'} |",
+            flush=True,
+        )
     return 0
 
 

@@ -28,8 +28,9 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     ds = load_dataset("fashion-mnist")
-    r = randomize("random-labels", ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes,
-                  generator(0, "randomize"))
+    r = randomize(
+        "random-labels", ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, generator(0, "randomize")
+    )
     ds = ds.replace(y_train=r.y_train)
     print(f"{'n':>7}  {'seconds':>8}  {'per n log n (rel.)':>18}  {'exponent':>8}")
     rows = []
@@ -43,8 +44,10 @@ def main() -> None:
         exponent = "" if len(rows) == 1 else f"{math.log(seconds / rows[-2][1]) / math.log(n / rows[-2][0]):.2f}"
         print(f"{n:>7}  {seconds:>8.3f}  {per / base:>18.2f}  {exponent:>8}", flush=True)
     c = construct(x, y).construction
-    print(f"n = {n}: {c.num_params:,} weights, smallest gap {c.min_gap_relative:.3g} of the range, exact "
-          f"projections: {c.exact_projection}, condition {c.condition:.3g}")
+    print(
+        f"n = {n}: {c.num_params:,} weights, smallest gap {c.min_gap_relative:.3g} of the range, exact "
+        f"projections: {c.exact_projection}, condition {c.condition:.3g}"
+    )
 
 
 if __name__ == "__main__":

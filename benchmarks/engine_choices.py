@@ -31,7 +31,15 @@ import torch.nn.functional as F
 
 from rethink.models import build
 from rethink.train import engine
-from rethink.train.engine import TrainConfig, TrainData, channels_last, eval_batch, make_optimizer, train
+from rethink.train.engine import (
+    TrainConfig,
+    TrainData,
+    channels_last,
+    eval_batch,
+    make_optimizer,
+    speed_settings,
+    train,
+)
 
 SHAPE = (3, 28, 28)
 GROUPS = ("step", "layout", "compile", "evaluation", "denormals")  # --only
@@ -85,13 +93,21 @@ def optimizers(name: str, steps: int, rounds: int) -> None:
                 return samples_per_s(m, d, steps)
             finally:
                 engine.make_optimizer, engine.FUSED_MLP = make_optimizer, True
+
         return run
 
     m, d = model(name), data(steps * 128)
     samples_per_s(m, d, 2)
-    show(f"{name}, training step (samples/s)", best_of({
-        "fused MLP step": lambda: samples_per_s(m, d, steps),
-        **{f"autograd + {k} SGD": with_sgd(k) for k in ("fused", "foreach", "for-loop")}}, rounds))
+    show(
+        f"{name}, training step (samples/s)",
+        best_of(
+            {
+                "fused MLP step": lambda: samples_per_s(m, d, steps),
+                **{f"autograd + {k} SGD": with_sgd(k) for k in ("fused", "foreach", "for-loop")},
+            },
+            rounds,
+        ),
+    )
 
 
 def memory_format(name: str, steps: int, rounds: int) -> None:
@@ -108,10 +124,17 @@ def memory_format(name: str, steps: int, rounds: int) -> None:
     contiguous()
     for m, d in (cl, cl_data):
         samples_per_s(m, d, 1)
-    show(f"{name}, memory format (samples/s)", best_of({
-        "contiguous": contiguous,
-        "channels_last model (the engine's)": lambda: samples_per_s(*cl, steps),
-        "channels_last model and data": lambda: samples_per_s(*cl_data, steps)}, rounds))
+    show(
+        f"{name}, memory format (samples/s)",
+        best_of(
+            {
+                "contiguous": contiguous,
+                "channels_last model (the engine's)": lambda: samples_per_s(*cl, steps),
+                "channels_last model and data": lambda: samples_per_s(*cl_data, steps),
+            },
+            rounds,
+        ),
+    )
 
 
 def compiled(name: str, steps: int, rounds: int, shape: tuple = SHAPE, **options) -> None:
@@ -122,9 +145,16 @@ def compiled(name: str, steps: int, rounds: int, shape: tuple = SHAPE, **options
     t = time.perf_counter()
     samples_per_s(comp, d, 2, compile=True)
     print(f"{label}: compiling took {time.perf_counter() - t:.0f} s")
-    show(f"{label}, torch.compile (samples/s)", best_of({
-        "eager": lambda: samples_per_s(eager, d, steps),
-        "compiled": lambda: samples_per_s(comp, d, steps, compile=True)}, rounds))
+    show(
+        f"{label}, torch.compile (samples/s)",
+        best_of(
+            {
+                "eager": lambda: samples_per_s(eager, d, steps),
+                "compiled": lambda: samples_per_s(comp, d, steps, compile=True),
+            },
+            rounds,
+        ),
+    )
 
 
 def static_graphs(steps: int, rounds: int, shape: tuple) -> None:
@@ -144,9 +174,16 @@ def static_graphs(steps: int, rounds: int, shape: tuple) -> None:
 
     for dynamic in models:  # compile both graphs of each before timing
         run(dynamic, steps)
-    show(f"inception width 0.125 on {'x'.join(map(str, shape))}, epochs ending in a batch of 112, compiled "
-         "(samples/s)", best_of({"static graphs (the engine's)": lambda: run(False, steps),
-                                 "dynamic shapes (torch.compile's default)": lambda: run(None, steps)}, rounds))
+    show(
+        f"inception width 0.125 on {'x'.join(map(str, shape))}, epochs ending in a batch of 112, compiled (samples/s)",
+        best_of(
+            {
+                "static graphs (the engine's)": lambda: run(False, steps),
+                "dynamic shapes (torch.compile's default)": lambda: run(None, steps),
+            },
+            rounds,
+        ),
+    )
 
 
 def evaluation(name: str, n: int, rounds: int) -> None:
@@ -161,6 +198,7 @@ def evaluation(name: str, n: int, rounds: int) -> None:
                 return n / (time.perf_counter() - t)
             finally:
                 engine.eval_batch = eval_batch
+
         return run
 
     @torch.no_grad()
@@ -173,10 +211,17 @@ def evaluation(name: str, n: int, rounds: int) -> None:
         return n / (time.perf_counter() - t)
 
     ours = eval_batch(m)
-    show(f"{name}, evaluation (samples/s)", best_of({
-        f"ours: {ours} per batch, inference_mode": batches_of(ours),
-        **{f"{size} per batch": batches_of(size) for size in (128, 512, 2048) if size != ours},
-        "128 per batch, no_grad, .item()": conventional}, rounds))
+    show(
+        f"{name}, evaluation (samples/s)",
+        best_of(
+            {
+                f"ours: {ours} per batch, inference_mode": batches_of(ours),
+                **{f"{size} per batch": batches_of(size) for size in (128, 512, 2048) if size != ours},
+                "128 per batch, no_grad, .item()": conventional,
+            },
+            rounds,
+        ),
+    )
 
 
 def denormals(rounds: int) -> None:
@@ -190,10 +235,13 @@ def denormals(rounds: int) -> None:
             for _ in range(5):
                 torch.mm(a, b)
             return 5 / (time.perf_counter() - t)
+
         return run
 
-    show("512x512 products of a denormal and a normal matrix (per s)",
-         best_of({"denormals flushed": products(True), "not flushed": products(False)}, rounds))
+    show(
+        "512x512 products of a denormal and a normal matrix (per s)",
+        best_of({"denormals flushed": products(True), "not flushed": products(False)}, rounds),
+    )
     torch.set_flush_denormal(True)
 
 
@@ -203,7 +251,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=GROUPS, help="only this group of measurements")
     args = ap.parse_args(argv)
     rounds = 2 if args.quick else 3
-    torch.set_flush_denormal(True)
+    speed_settings()  # as the command line trains
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     run = {g: args.only in (None, g) for g in GROUPS}
     for name in ("mlp1x512", "mlp3x512") if run["step"] else ():

@@ -25,7 +25,7 @@ import torch
 from rethink import api
 from rethink.models import build
 from rethink.spec import RunSpec
-from rethink.train.engine import TrainConfig, TrainData, train
+from rethink.train.engine import TrainConfig, TrainData, speed_settings, train
 
 
 def throughput(device: torch.device, bf16: bool, steps: int) -> float:
@@ -44,8 +44,12 @@ def time_to_fit(spec: RunSpec, device: torch.device, bf16: bool) -> dict:
     prepared = api.prepare(spec, device)
     model = api.build_model(spec, prepared.input_shape, prepared.num_classes).to(device)
     res = train(model, prepared.data, dataclasses.replace(api.train_config(spec), bf16=bf16))
-    return {"status": res.status, "epochs": res.time_to_fit and res.time_to_fit["epochs"],
-            "train_seconds": res.train_seconds, "wall_seconds": time.perf_counter() - t}
+    return {
+        "status": res.status,
+        "epochs": res.time_to_fit and res.time_to_fit["epochs"],
+        "train_seconds": res.train_seconds,
+        "wall_seconds": time.perf_counter() - t,
+    }
 
 
 def main(argv=None) -> int:
@@ -60,21 +64,37 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     device = api.resolve_device(args.device)
     api.set_deterministic(device)  # cuDNN autotuning unless RETHINK_DETERMINISTIC=1
+    speed_settings()  # as the command line trains
     modes = [True, False] if device.type == "cuda" else [False]
     name = {True: "bf16 autocast", False: "float32"}
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}")
     for bf16 in modes:
-        print(f"Inception, synthetic 3x28x28, batch 128, {name[bf16]}: "
-              f"{throughput(device, bf16, args.steps):,.0f} samples/s", flush=True)
-    spec = RunSpec(dataset=args.dataset, data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size,
-                   model="inception", randomize="random-labels", lr_decay=1.0, epochs=args.epochs,
-                   device=str(device))
+        print(
+            f"Inception, synthetic 3x28x28, batch 128, {name[bf16]}: "
+            f"{throughput(device, bf16, args.steps):,.0f} samples/s",
+            flush=True,
+        )
+    spec = RunSpec(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        model="inception",
+        randomize="random-labels",
+        lr_decay=1.0,
+        epochs=args.epochs,
+        device=str(device),
+    )
     for bf16 in modes:
         r = time_to_fit(spec, device, bf16)
-        outcome = (f"fitted after {r['epochs']} epochs" if r["epochs"]
-                   else f"{r['status']} ({args.epochs} epochs, not fitted)")
-        print(f"time to fit random labels, {args.train_size:,} {args.dataset} images, {name[bf16]}: {outcome}, "
-              f"{r['train_seconds']:.1f} s of training, {r['wall_seconds']:.0f} s wall", flush=True)
+        outcome = (
+            f"fitted after {r['epochs']} epochs" if r["epochs"] else f"{r['status']} ({args.epochs} epochs, not fitted)"
+        )
+        print(
+            f"time to fit random labels, {args.train_size:,} {args.dataset} images, {name[bf16]}: {outcome}, "
+            f"{r['train_seconds']:.1f} s of training, {r['wall_seconds']:.0f} s wall",
+            flush=True,
+        )
     return 0
 
 

@@ -40,10 +40,14 @@ def lapack_comparison(n: int) -> dict:
     k = build_kernel(kernel, KernelData.from_inputs(kernel, x, x.double().mean(0)), torch.empty(n, n))
     a = torch.empty_like(k)
     out = {}
-    for name, factor in (("ours (in place)", lambda: cholesky_(a)),
-                         ("scipy potrf (in place)", lambda: scipy.linalg.cholesky(
-                             a.numpy().T, lower=True, overwrite_a=True, check_finite=False)),
-                         ("torch.linalg.cholesky (MKL, second matrix)", lambda: torch.linalg.cholesky(a))):
+    for name, factor in (
+        ("ours (in place)", lambda: cholesky_(a)),
+        (
+            "scipy potrf (in place)",
+            lambda: scipy.linalg.cholesky(a.numpy().T, lower=True, overwrite_a=True, check_finite=False),
+        ),
+        ("torch.linalg.cholesky (MKL, second matrix)", lambda: torch.linalg.cholesky(a)),
+    ):
         a.copy_(k)
         t = time.perf_counter()
         factor()
@@ -59,27 +63,42 @@ def main() -> None:
     args = ap.parse_args()
 
     before = {"float32": peak(torch.float32), "float64": peak(torch.float64)}
-    print(f"matmul peak before: float32 {before['float32']:.0f} GFLOP/s, float64 {before['float64']:.0f} GFLOP/s "
-          f"({torch.get_num_threads()} threads)", flush=True)
+    print(
+        f"matmul peak before: float32 {before['float32']:.0f} GFLOP/s, float64 {before['float64']:.0f} GFLOP/s "
+        f"({torch.get_num_threads()} threads)",
+        flush=True,
+    )
     r = run_kernel(KernelConfig(dataset="fashion-mnist", train_size=args.n), log=lambda m: print(m, flush=True))
     after = peak(torch.float32)
     best = max(before["float32"], after)
     s = r.stage_seconds
     print(f"n = {r.n:,}, d = {r.d}, kernel {r.kernel}")
-    print(f"kernel matrix {s['kernel']:.0f} s | factorization {s['factor']:.0f} s | CG {s['solve']:.0f} s "
-          f"({r.cg_iterations} steps) | test predictions {s['test']:.0f} s | total {r.seconds:.0f} s")
-    print(f"factorization: {r.factor_gflops:.0f} GFLOP/s = {r.factor_gflops / best:.2f} of the float32 matmul peak "
-          f"({before['float32']:.0f} before, {after:.0f} after the solve)")
+    print(
+        f"kernel matrix {s['kernel']:.0f} s | factorization {s['factor']:.0f} s | CG {s['solve']:.0f} s "
+        f"({r.cg_iterations} steps) | test predictions {s['test']:.0f} s | total {r.seconds:.0f} s"
+    )
+    print(
+        f"factorization: {r.factor_gflops:.0f} GFLOP/s = {r.factor_gflops / best:.2f} of the float32 matmul peak "
+        f"({before['float32']:.0f} before, {after:.0f} after the solve)"
+    )
     print(f"peak memory {r.peak_memory_gb:.1f} GB (the matrix's lower triangle alone {2 * r.n**2 / 1e9:.1f} GB)")
-    print(f"train error {r.train_error:.4f}, test error {r.test_error:.4f}, relative residual {r.residual:.1e}, "
-          f"RKHS norm {r.rkhs_norm:.1f}; residual history {', '.join(f'{h:.1e}' for h in r.residual_history)}")
-    result = {"matmul_gflops_before": before, "matmul_float32_gflops_after": after,
-              "factor_fraction_of_peak": r.factor_gflops / best, **r.to_json()}
+    print(
+        f"train error {r.train_error:.4f}, test error {r.test_error:.4f}, relative residual {r.residual:.1e}, "
+        f"RKHS norm {r.rkhs_norm:.1f}; residual history {', '.join(f'{h:.1e}' for h in r.residual_history)}"
+    )
+    result = {
+        "matmul_gflops_before": before,
+        "matmul_float32_gflops_after": after,
+        "factor_fraction_of_peak": r.factor_gflops / best,
+        **r.to_json(),
+    }
     if args.lapack:
         result["lapack"] = lapack_comparison(args.lapack)
         for name, v in result["lapack"].items():
-            print(f"n = {args.lapack:,}: {name}: {v['seconds']:.1f} s, {v['gflops']:.0f} GFLOP/s "
-                  f"({v['gflops'] / best:.2f} of peak)")
+            print(
+                f"n = {args.lapack:,}: {name}: {v['seconds']:.1f} s, {v['gflops']:.0f} GFLOP/s "
+                f"({v['gflops'] / best:.2f} of peak)"
+            )
         print(f"peak memory with the comparison {peak_memory_gb():.1f} GB")
     print(json.dumps(result))
 

@@ -19,21 +19,46 @@ import subprocess
 import sys
 import tempfile
 
-RUN = ["-m", "rethink", "run", "--dataset", "digits", "--model", "mlp1x512", "--randomize", "random-labels",
-       "--lr-decay", "1", "--no-stop-on-fit", "--checkpoint-interval", "0", "--json", "--quiet"]
+RUN = [
+    "-m",
+    "rethink",
+    "run",
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp1x512",
+    "--randomize",
+    "random-labels",
+    "--lr-decay",
+    "1",
+    "--no-stop-on-fit",
+    "--checkpoint-interval",
+    "0",
+    "--json",
+    "--quiet",
+]
 
 
 def together(copies: int, steps: int, threads: int | None) -> tuple[list[float], bool]:
     """Start ``copies`` runs at once; their training seconds, and whether any warned."""
     flags = ["--max-steps", str(steps), "--epochs", "100000"] + (["--threads", str(threads)] if threads else [])
     with tempfile.TemporaryDirectory() as tmp:
-        procs = [subprocess.Popen([sys.executable, *RUN, *flags, "--store", os.path.join(tmp, f"{i}.sqlite")],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(copies)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, *RUN, *flags, "--store", os.path.join(tmp, f"{i}.sqlite")],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(copies)
+        ]
         outs = [p.communicate() for p in procs]
     if any(p.returncode for p in procs):
         sys.exit(f"a run failed: {[err for _, err in outs]}")
-    return ([json.loads(out)["train_seconds"] for out, _ in outs],
-            any("other rethink process" in err for _, err in outs))
+    return (
+        [json.loads(out)["train_seconds"] for out, _ in outs],
+        any("other rethink process" in err for _, err in outs),
+    )
 
 
 def main() -> None:
@@ -45,11 +70,17 @@ def main() -> None:
     share = max(1, cores // 2)
     best: dict[str, tuple[float, list[float], bool]] = {}
     for r in range(args.rounds):
-        for name, copies, threads in (("alone", 1, None), ("two, every core each", 2, None),
-                                      (f"two, --threads {share} each", 2, share)):
+        for name, copies, threads in (
+            ("alone", 1, None),
+            ("two, every core each", 2, None),
+            (f"two, --threads {share} each", 2, share),
+        ):
             secs, warned = together(copies, args.steps, threads)
-            print(f"round {r + 1}: {name}: {', '.join(f'{s:.1f}' for s in secs)} s of training"
-                  + (" (warned)" if warned else ""), flush=True)
+            print(
+                f"round {r + 1}: {name}: {', '.join(f'{s:.1f}' for s in secs)} s of training"
+                + (" (warned)" if warned else ""),
+                flush=True,
+            )
             if name not in best or max(secs) < best[name][0]:
                 best[name] = (max(secs), secs, warned)
     alone = best["alone"][0]

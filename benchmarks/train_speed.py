@@ -20,10 +20,8 @@
    burst of load elsewhere on the machine hits neither unfairly; the ratio is best round against
    best round (the targets' figure), printed beside the median of each round's ratio to the
    conventional round just after it (steadier when a burst of speed favours one side's round);
-   the fraction is our best round against the run's best peak. (Against a peak measured only
-   beside the model's own rounds it reads high whenever load slowed those measurements alone: 71%
-   and 88% against peaks of 77 and 75 GFLOP/s, where the others measured 117-145; 64.7% against
-   117 in a run whose best was 157.)
+   the fraction is our best round against the run's best peak (a peak measured only beside the
+   model's own rounds reads high whenever load slowed those measurements alone: docs/measured/speed.md).
    For the MLPs it also times the step's matrix products alone (the same shapes, nothing between
    them) before each round: the fraction of the peak that no step built on them can pass.
 2. Time to fit, end to end (data loading included): MLP 1x512 on 10,000 Fashion-MNIST images with
@@ -57,7 +55,7 @@ from rethink import api
 from rethink.models import build
 from rethink.models.alexnet import LocalResponseNorm
 from rethink.spec import RunSpec
-from rethink.train.engine import TrainConfig, TrainData, train
+from rethink.train.engine import TrainConfig, TrainData, speed_settings, train
 from rethink.train.flops import step_flops
 from rethink.train.fused_mlp import is_plain_mlp
 
@@ -73,8 +71,15 @@ ROUNDS = (5, 2)
 RATIO_TARGET = {"mlp1x512": 3.0, "mlp3x512": 3.0, "alexnet": 1.3, "inception": 1.3}
 PEAK_TARGET = ("mlp1x512", 0.60)
 FIT_TARGET = 3.5
-FIT_SPEC = dict(dataset="fashion-mnist", train_size=10000, model="mlp1x512", randomize="random-labels", lr_decay=1.0,
-                epochs=500, device="cpu")
+FIT_SPEC = dict(
+    dataset="fashion-mnist",
+    train_size=10000,
+    model="mlp1x512",
+    randomize="random-labels",
+    lr_decay=1.0,
+    epochs=500,
+    device="cpu",
+)
 
 
 def peak_flops(repeats: int = 5) -> float:
@@ -96,9 +101,17 @@ def products_seconds(model: torch.nn.Module, repeats: int = 20) -> float | None:
     if not is_plain_mlp(model):
         return None
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    mats = [(torch.randn(BATCH, m.in_features), m.weight.detach().clone(), torch.randn(BATCH, m.out_features),
-             torch.empty(BATCH, m.out_features), torch.empty_like(m.weight), torch.empty(BATCH, m.in_features))
-            for m in layers]
+    mats = [
+        (
+            torch.randn(BATCH, m.in_features),
+            m.weight.detach().clone(),
+            torch.randn(BATCH, m.out_features),
+            torch.empty(BATCH, m.out_features),
+            torch.empty_like(m.weight),
+            torch.empty(BATCH, m.in_features),
+        )
+        for m in layers
+    ]
 
     def products():
         for i, (x, w, g, out, wgrad, xgrad) in enumerate(mats):
@@ -117,6 +130,7 @@ def products_seconds(model: torch.nn.Module, repeats: int = 20) -> float | None:
 
 
 # -- the conventional loop ----------------------------------------------------------------------
+
 
 class PerSampleImages(Dataset):
     """A dataset as torchvision-based reproductions write one: uint8 (N, H, W, C) images, each item
@@ -178,6 +192,7 @@ def to_uint8_hwc(x: np.ndarray) -> np.ndarray:
 
 # -- throughput -----------------------------------------------------------------------------------
 
+
 def fresh_model(name: str, typical: bool = False) -> torch.nn.Module:
     """The model, with the same initial weights for both sides; ``typical``: as reproductions
     write it, with PyTorch's ``nn.LocalResponseNorm`` in AlexNet instead of ours."""
@@ -193,8 +208,9 @@ def fresh_model(name: str, typical: bool = False) -> torch.nn.Module:
 
 
 def ours_round(model, data: TrainData, steps: int, compile_: bool) -> float:
-    cfg = TrainConfig(lr=0.01, lr_decay=1.0, epochs=1, max_steps=steps, eval_every=steps, stop_on_fit=False,
-                      compile=compile_)
+    cfg = TrainConfig(
+        lr=0.01, lr_decay=1.0, epochs=1, max_steps=steps, eval_every=steps, stop_on_fit=False, compile=compile_
+    )
     res = train(model, data, cfg)
     return steps * BATCH / res.train_seconds
 
@@ -218,8 +234,14 @@ def throughput(name: str, steps: int, rounds: int, compile_: bool, log) -> tuple
     dataset = PerSampleImages(images, labels, crop=SHAPE[-1])
     x = torch.stack([dataset[i][0] for i in range(n)])  # ours: the same images, preprocessed once
     y = torch.as_tensor(labels)
-    data = TrainData(x_train=x, y_train=y, x_test=x[:BATCH], y_test=y[:BATCH], y_train_true=y,
-                     changed=torch.zeros(n, dtype=torch.bool))
+    data = TrainData(
+        x_train=x,
+        y_train=y,
+        x_test=x[:BATCH],
+        y_test=y[:BATCH],
+        y_train_true=y,
+        changed=torch.zeros(n, dtype=torch.bool),
+    )
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS)
     ours_model, base_model = fresh_model(name), fresh_model(name, typical=True)
     flops = step_flops(ours_model, SHAPE, BATCH) / BATCH  # per sample
@@ -236,26 +258,33 @@ def throughput(name: str, steps: int, rounds: int, compile_: bool, log) -> tuple
         base = max(base, conventional)
         pairs.append(now / conventional)
         products = f"; its products alone {alone / 1e9:.0f}" if alone else ""
-        log(f"  {name} round {r + 1}: ours {now:,.0f} samples/s ({now * flops / 1e9:.0f} GFLOP/s; peak beside it "
-            f"{peak / 1e9:.0f}{products}), conventional {conventional:,.0f}")
-    row = {"model": name, "ours_samples_per_s": round(ours, 1), "baseline_samples_per_s": round(base, 1),
-           "ratio": round(ours / base, 2), "median_round_ratio": round(float(np.median(pairs)), 2)}
+        log(
+            f"  {name} round {r + 1}: ours {now:,.0f} samples/s ({now * flops / 1e9:.0f} GFLOP/s; peak beside it "
+            f"{peak / 1e9:.0f}{products}), conventional {conventional:,.0f}"
+        )
+    row = {
+        "model": name,
+        "ours_samples_per_s": round(ours, 1),
+        "baseline_samples_per_s": round(base, 1),
+        "ratio": round(ours / base, 2),
+        "median_round_ratio": round(float(np.median(pairs)), 2),
+    }
     return row, ours * flops, best_peak, ceiling or None
 
 
 # -- time to fit ----------------------------------------------------------------------------------
 
+
 def ours_fit() -> dict:
-    api._load.cache_clear()
+    api.cached_dataset.cache_clear()
     t = time.perf_counter()
     r = rethink.run(FIT_SPEC, store=None)
-    return {"seconds": time.perf_counter() - t, "epochs": r.time_to_fit and r.time_to_fit["epochs"],
-            "status": r.status}
+    return {"seconds": time.perf_counter() - t, "epochs": r.time_to_fit and r.time_to_fit["epochs"], "status": r.status}
 
 
 def baseline_fit() -> dict:
     """The conventional script: same data, labels and initialization; its own loop and evaluation."""
-    api._load.cache_clear()
+    api.cached_dataset.cache_clear()
     t = time.perf_counter()
     spec = RunSpec(**FIT_SPEC)
     prepared = api.prepare(spec, torch.device("cpu"))  # the same subset and random labels as ours
@@ -282,8 +311,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer timed steps; no time to fit")
     ap.add_argument("--json", action="store_true", help="one JSON array on stdout, the report on stderr")
     ap.add_argument("--compile", action="store_true", help="train ours through torch.compile")
-    ap.add_argument("--models", default=",".join(STEPS),
-                    help=f"comma-separated subset of {','.join(STEPS)} (default: all; the time to fit runs with all)")
+    ap.add_argument(
+        "--models",
+        default=",".join(STEPS),
+        help=f"comma-separated subset of {','.join(STEPS)} (default: all; the time to fit runs with all)",
+    )
     args = ap.parse_args(argv)
     models = args.models.split(",")
     if not models or set(models) - set(STEPS):
@@ -293,39 +325,62 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=out, flush=True)
 
-    torch.set_flush_denormal(True)
+    speed_settings()  # as the command line trains
     threads = torch.get_num_threads()
-    log(f"torch {torch.__version__}, {threads} threads; float32 peak: the best of 3 torch.mm 4096x4096 before each "
-        f"round (the run's best is the peak){'; ours compiled' if args.compile else ''}")
+    log(
+        f"torch {torch.__version__}, {threads} threads; float32 peak: the best of 3 torch.mm 4096x4096 before each "
+        f"round (the run's best is the peak){'; ours compiled' if args.compile else ''}"
+    )
     q = 1 if args.quick else 0
     measured = [throughput(name, STEPS[name][q], ROUNDS[q], args.compile, log) for name in models]
     peak = max(p for _, _, p, _ in measured)  # the run's best: a peak beside one model's rounds reads low under load
-    rows = [{**row, "peak_fraction": round(ours / peak, 3), "peak_gflops": round(peak / 1e9, 1),
-             **({"products_alone_fraction": round(alone / peak, 3)} if alone else {})}
-            for row, ours, _, alone in measured]
-    log(f"\n| model | ours (samples/s) | conventional (samples/s) | ratio | median of the rounds' ratios | "
-        f"ours, fraction of the float32 peak ({peak / 1e9:.0f} GFLOP/s) |")
+    rows = [
+        {
+            **row,
+            "peak_fraction": round(ours / peak, 3),
+            "peak_gflops": round(peak / 1e9, 1),
+            **({"products_alone_fraction": round(alone / peak, 3)} if alone else {}),
+        }
+        for row, ours, _, alone in measured
+    ]
+    log(
+        f"\n| model | ours (samples/s) | conventional (samples/s) | ratio | median of the rounds' ratios | "
+        f"ours, fraction of the float32 peak ({peak / 1e9:.0f} GFLOP/s) |"
+    )
     log("|---|---|---|---|---|---|")
     for r in rows:
-        log(f"| {r['model']} | {r['ours_samples_per_s']:,.0f} | {r['baseline_samples_per_s']:,.0f} | "
-            f"{r['ratio']:.2f}x | {r['median_round_ratio']:.2f}x | {100 * r['peak_fraction']:.1f}% |")
+        log(
+            f"| {r['model']} | {r['ours_samples_per_s']:,.0f} | {r['baseline_samples_per_s']:,.0f} | "
+            f"{r['ratio']:.2f}x | {r['median_round_ratio']:.2f}x | {100 * r['peak_fraction']:.1f}% |"
+        )
     for r in rows:
         if "products_alone_fraction" in r:
-            log(f"{r['model']}: its step's matrix products alone, with nothing between them, reach "
-                f"{100 * r['products_alone_fraction']:.1f}% of the peak (the most a step can)")
-    targets = [(f"{r['model']}: {RATIO_TARGET[r['model']]}x the conventional loop", r["ratio"] >= RATIO_TARGET[r["model"]])
-               for r in rows]
+            log(
+                f"{r['model']}: its step's matrix products alone, with nothing between them, reach "
+                f"{100 * r['products_alone_fraction']:.1f}% of the peak (the most a step can)"
+            )
+    targets = [
+        (f"{r['model']}: {RATIO_TARGET[r['model']]}x the conventional loop", r["ratio"] >= RATIO_TARGET[r["model"]])
+        for r in rows
+    ]
     name, share = PEAK_TARGET
-    targets += [(f"{name}: {100 * share:.0f}% of peak", r["peak_fraction"] >= share)
-                for r in rows if r["model"] == name]
+    targets += [
+        (f"{name}: {100 * share:.0f}% of peak", r["peak_fraction"] >= share) for r in rows if r["model"] == name
+    ]
     if not args.quick and models == list(STEPS):
         log("\ntime to fit: MLP 1x512, 10,000 Fashion-MNIST images, random labels (end to end) ...")
         ours, base = ours_fit(), baseline_fit()
-        log(f"  ours: {ours['seconds']:.1f} s ({ours['status']}, {ours['epochs']} epochs); conventional: "
+        log(
+            f"  ours: {ours['seconds']:.1f} s ({ours['status']}, {ours['epochs']} epochs); conventional: "
             f"{base['seconds']:.1f} s ({base['status']}, {base['epochs']} epochs); "
-            f"{base['seconds'] / ours['seconds']:.2f}x faster")
-        targets.append((f"time to fit: {FIT_TARGET}x faster than the conventional loop",
-                        ours["status"] == base["status"] == "fitted" and base["seconds"] >= FIT_TARGET * ours["seconds"]))
+            f"{base['seconds'] / ours['seconds']:.2f}x faster"
+        )
+        targets.append(
+            (
+                f"time to fit: {FIT_TARGET}x faster than the conventional loop",
+                ours["status"] == base["status"] == "fitted" and base["seconds"] >= FIT_TARGET * ours["seconds"],
+            )
+        )
     log("\ntargets (this machine, float32):")
     for what, met in targets:
         log(f"  [{'met' if met else 'NOT met'}] {what}")

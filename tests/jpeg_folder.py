@@ -8,8 +8,9 @@ import numpy as np
 from PIL import Image
 
 
-def write_jpeg_folder(root: Path, classes: int = 3, train_per_class: int = 8, val_per_class: int = 4,
-                      seed: int = 0) -> Path:
+def write_jpeg_folder(
+    root: Path, classes: int = 3, train_per_class: int = 8, val_per_class: int = 4, seed: int = 0
+) -> Path:
     """``train/<class>/*.JPEG`` and ``val/<class>/*.JPEG`` of assorted sizes (like ImageNet's), each
     class a colour of its own under noise, so that a network can learn them."""
     rng = np.random.default_rng(seed)

@@ -13,15 +13,23 @@ import re
 import sqlite3
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
-from writers import cifar_batch, idx_images_bytes, idx_labels_bytes, png_bytes, write_cifar, write_image_folder, write_mnist
 
 from rethink.cli import main
+from writers import (
+    cifar_batch,
+    idx_images_bytes,
+    idx_labels_bytes,
+    png_bytes,
+    write_cifar,
+    write_image_folder,
+    write_mnist,
+)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
 RUN = ["run", "--epochs", "1", "--quiet"]
@@ -40,9 +48,11 @@ def run(*flags: str) -> Callable[[Path], list[str]]:
 
 def run_on(make_data: Callable[[Path], str], *flags: str) -> Callable[[Path], list[str]]:
     """``rethink run`` on a dataset that ``make_data(tmp)`` writes; it returns the --dataset value."""
+
     def argv(tmp: Path) -> list[str]:
         dataset = make_data(tmp)
         return [*RUN, "--dataset", dataset, "--data-dir", str(tmp / "data"), *flags]
+
     return argv
 
 
@@ -53,11 +63,13 @@ def rng():
 # -- dataset files written broken -------------------------------------------------------------
 def mnist_with(file_index: int, content: bytes, gz: bool = True) -> Callable[[Path], str]:
     """The four MNIST files, one of them (train images 0, train labels 1, ...) replaced."""
+
     def make(tmp: Path) -> str:
         names = write_mnist(tmp / "data", rng(), gz=gz)
         name = list(names)[file_index]
         (tmp / "data" / (f"{name}.gz" if gz else name)).write_bytes(content)
         return "mnist"
+
     return make
 
 
@@ -66,6 +78,7 @@ IMAGES = idx_images_bytes(np.zeros((12, 28, 28), np.uint8))
 
 def cifar_with(**change) -> Callable[[Path], str]:
     """CIFAR-10 pickles whose first training batch has ``change`` applied (None deletes a key)."""
+
     def make(tmp: Path) -> str:
         batch = cifar_batch(rng())
         for key, value in change.items():
@@ -77,6 +90,7 @@ def cifar_with(**change) -> Callable[[Path], str]:
         with open(tmp / "data" / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
             pickle.dump(batch, f, protocol=2)
         return "cifar10"
+
     return make
 
 
@@ -85,6 +99,7 @@ def image_folder(damage: Callable[[Path], None]) -> Callable[[Path], str]:
         write_image_folder(tmp / "data", rng())
         damage(tmp / "data")
         return "imagefolder"
+
     return make
 
 
@@ -105,8 +120,14 @@ def empty_image_folder(tmp: Path) -> str:
 def npz_labels_out_of_range(tmp: Path) -> str:
     (tmp / "data").mkdir()
     x = np.zeros((6, 4, 4), np.float32)
-    np.savez(tmp / "data" / "d.npz", x_train=x, y_train=np.array([0, 1, 2, 0, 1, 12]), x_test=x, y_test=np.arange(6) % 2,
-             class_names=np.array(["a", "b", "c"]))
+    np.savez(
+        tmp / "data" / "d.npz",
+        x_train=x,
+        y_train=np.array([0, 1, 2, 0, 1, 12]),
+        x_test=x,
+        y_test=np.arange(6) % 2,
+        class_names=np.array(["a", "b", "c"]),
+    )
     return f"npz:{tmp / 'data' / 'd.npz'}"
 
 
@@ -120,10 +141,12 @@ def npz_one_class(tmp: Path) -> str:
 # -- spec files, stores, output paths -------------------------------------------------------------
 def with_file(name: str, content: bytes | str, *argv_template: str) -> Callable[[Path], list[str]]:
     """Write ``content`` to tmp/name, then the command with {file} replaced by its path."""
+
     def argv(tmp: Path) -> list[str]:
         path = tmp / name
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
         return [a.replace("{file}", str(path)) for a in argv_template]
+
     return argv
 
 
@@ -139,38 +162,86 @@ def old_schema_store(tmp: Path) -> list[str]:
 
 def under_a_file(*argv_template: str) -> Callable[[Path], list[str]]:
     """A path whose parent is a regular file, which no one can create (even root)."""
+
     def argv(tmp: Path) -> list[str]:
         (tmp / "a-file").write_text("x")
         return [a.replace("{blocked}", str(tmp / "a-file" / "sub")) for a in argv_template]
+
     return argv
 
 
 CATALOGUE = [
     # dataset files
     Case("gzip file cut short", run_on(mnist_with(0, gzip.compress(IMAGES)[:40])), "truncated"),
-    Case("gzip file with corrupt contents", run_on(mnist_with(0, b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"garbage" * 9)), "train-images"),
-    Case("IDX file with a wrong magic number", run_on(mnist_with(0, b"\x00\x00\x09\x03" + IMAGES[4:], gz=False)), "magic"),
-    Case("IDX file whose dimensions disagree with its data", run_on(mnist_with(0, struct.pack(">IIII", 0x803, 12, 27, 28) + IMAGES[16:], gz=False)), "train-images"),
+    Case(
+        "gzip file with corrupt contents",
+        run_on(mnist_with(0, b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"garbage" * 9)),
+        "train-images",
+    ),
+    Case(
+        "IDX file with a wrong magic number", run_on(mnist_with(0, b"\x00\x00\x09\x03" + IMAGES[4:], gz=False)), "magic"
+    ),
+    Case(
+        "IDX file whose dimensions disagree with its data",
+        run_on(mnist_with(0, struct.pack(">IIII", 0x803, 12, 27, 28) + IMAGES[16:], gz=False)),
+        "train-images",
+    ),
     Case("IDX file with truncated data", run_on(mnist_with(0, IMAGES[:-100], gz=False)), "train-images"),
-    Case("IDX label file with a different count than its images", run_on(mnist_with(1, idx_labels_bytes(np.arange(5) % 10), gz=False)), "labels"),
+    Case(
+        "IDX label file with a different count than its images",
+        run_on(mnist_with(1, idx_labels_bytes(np.arange(5) % 10), gz=False)),
+        "labels",
+    ),
     Case("IDX labels out of range", run_on(mnist_with(1, idx_labels_bytes(np.arange(12) + 3), gz=False)), "label"),
-    Case("IDX dataset with no training images", run_on(mnist_with(0, idx_images_bytes(np.zeros((0, 28, 28), np.uint8)), gz=False)), "train-images"),
+    Case(
+        "IDX dataset with no training images",
+        run_on(mnist_with(0, idx_images_bytes(np.zeros((0, 28, 28), np.uint8)), gz=False)),
+        "train-images",
+    ),
     Case("CIFAR-10 pickle missing a key", run_on(cifar_with(data=None)), "data"),
-    Case("CIFAR-10 pickle with the wrong image shape", run_on(cifar_with(data=np.zeros((4, 3000), np.uint8))), "data_batch_1"),
+    Case(
+        "CIFAR-10 pickle with the wrong image shape",
+        run_on(cifar_with(data=np.zeros((4, 3000), np.uint8))),
+        "data_batch_1",
+    ),
     Case("CIFAR-10 pickle with the wrong types", run_on(cifar_with(labels="cat dog")), "data_batch_1"),
-    Case("CIFAR-10 pickle that is not a pickle", run_on(lambda tmp: (write_cifar(tmp / "data", rng()), (tmp / "data/cifar-10-batches-py/data_batch_2").write_bytes(b"PK\x03\x04zip?"), "cifar10")[-1]), "data_batch_2"),
-    Case("CIFAR-10 folder missing a batch", run_on(lambda tmp: (write_cifar(tmp / "data", rng()), (tmp / "data/cifar-10-batches-py/data_batch_3").unlink(), "cifar10")[-1]), "data_batch_3"),
+    Case(
+        "CIFAR-10 pickle that is not a pickle",
+        run_on(
+            lambda tmp: (
+                write_cifar(tmp / "data", rng()),
+                (tmp / "data/cifar-10-batches-py/data_batch_2").write_bytes(b"PK\x03\x04zip?"),
+                "cifar10",
+            )[-1]
+        ),
+        "data_batch_2",
+    ),
+    Case(
+        "CIFAR-10 folder missing a batch",
+        run_on(
+            lambda tmp: (
+                write_cifar(tmp / "data", rng()),
+                (tmp / "data/cifar-10-batches-py/data_batch_3").unlink(),
+                "cifar10",
+            )[-1]
+        ),
+        "data_batch_3",
+    ),
     Case("image folder with mixed image sizes", run_on(image_folder(odd_size_image)), "big.png"),
     Case("image folder with an unreadable image", run_on(image_folder(unreadable_image)), "broken.png"),
     Case("empty image folder", run_on(empty_image_folder), "no images"),
     Case("npz labels out of range", run_on(npz_labels_out_of_range), "label"),
-    Case("dataset files not found", lambda tmp: [*RUN, "--dataset", "mnist", "--data-dir", str(tmp / "nowhere")], "nowhere"),
+    Case(
+        "dataset files not found",
+        lambda tmp: [*RUN, "--dataset", "mnist", "--data-dir", str(tmp / "nowhere")],
+        "nowhere",
+    ),
     # spec values
     Case("train size larger than the dataset", run("--train-size", "5000"), "larger than"),
     Case("test size larger than the test set", run("--test-size", "5000"), "larger than"),
     Case("p outside [0, 1]", run("--randomize", "partial-labels", "--p", "1.5"), "outside [0, 1]"),
     Case("p given without partial-labels", run("--p", "0.3"), "only applies to --randomize partial-labels"),
-    Case("unknown dataset name", run("--dataset", "fashion-mnst"), "did you mean fashion-mnist"),
+    Case("unknown dataset name", run("--dataset", "fashion-mnst"), "did you mean 'fashion-mnist'"),
     Case("unknown model name", run("--model", "mlp1x521"), "mlp1x512"),
     Case("unknown randomization name", run("--randomize", "random-label"), "random-labels"),
     Case("model module that cannot be imported", run("--model", "no_such_module_xyz:make"), "could not import module"),
@@ -181,32 +252,84 @@ CATALOGUE = [
     Case("epochs that are not a number", run("--epochs", "two"), "not a valid value"),
     Case("unknown flag", run("--learning-rate", "0.1"), "--learning-rate"),
     Case("NaN in a spec", run("--lr", "nan"), "finite"),
-    Case("infinity in a spec file", with_file("inf.toml", "dataset = 'digits'\nlr = inf\n", *RUN, "--spec", "{file}"), "finite"),
+    Case(
+        "infinity in a spec file",
+        with_file("inf.toml", "dataset = 'digits'\nlr = inf\n", *RUN, "--spec", "{file}"),
+        "finite",
+    ),
     Case("unknown augmentation", run("--augment", "rotate"), "crop, flip, color"),
     Case("crop larger than the images", run("--crop", "99"), "larger than"),
-    Case("malformed TOML spec", with_file("bad.toml", "dataset = 'digits\nepochs = 1\n", *RUN, "--spec", "{file}"), "bad.toml"),
-    Case("unknown spec key", with_file("key.toml", "dataset = 'digits'\nlearning_rate = 0.1\n", *RUN, "--spec", "{file}"), "learning_rate"),
+    Case(
+        "malformed TOML spec",
+        with_file("bad.toml", "dataset = 'digits\nepochs = 1\n", *RUN, "--spec", "{file}"),
+        "bad.toml",
+    ),
+    Case(
+        "unknown spec key",
+        with_file("key.toml", "dataset = 'digits'\nlearning_rate = 0.1\n", *RUN, "--spec", "{file}"),
+        "learning_rate",
+    ),
     Case("spec file that does not exist", lambda tmp: [*RUN, "--spec", str(tmp / "none.toml")], "does not exist"),
-    Case("sweep grid with an unknown field", with_file("g.toml", "[base]\ndataset = 'digits'\n[[grid]]\nwidht = [1, 2]\n", "sweep", "{file}"), "widht"),
-    Case("sweep grid with a seed in its base", with_file("g.toml", "[base]\ndataset = 'digits'\nseed = 1\n", "sweep", "{file}"), "seeds = [1]"),
+    Case(
+        "sweep grid with an unknown field",
+        with_file("g.toml", "[base]\ndataset = 'digits'\n[[grid]]\nwidht = [1, 2]\n", "sweep", "{file}"),
+        "widht",
+    ),
+    Case(
+        "sweep grid with a seed in its base",
+        with_file("g.toml", "[base]\ndataset = 'digits'\nseed = 1\n", "sweep", "{file}"),
+        "seeds = [1]",
+    ),
     Case("unknown recipe", lambda tmp: ["reproduce", "figure9", "--scale", "smoke"], "figure1b"),
     # stores and output paths
-    Case("store file that is not SQLite", with_file("junk.sqlite", b"this is not a database" * 100, *RUN, "--dataset", "digits", "--store", "{file}"), "not a rethink SQLite store"),
+    Case(
+        "store file that is not SQLite",
+        with_file("junk.sqlite", b"this is not a database" * 100, *RUN, "--dataset", "digits", "--store", "{file}"),
+        "not a rethink SQLite store",
+    ),
     Case("store with an incompatible schema version", old_schema_store, "schema version 99"),
-    Case("store path that cannot be created", under_a_file(*RUN, "--dataset", "digits", "--store", "{blocked}/s.sqlite"), "--store"),
-    Case("checkpoint folder that cannot be created", under_a_file(*RUN, "--dataset", "digits", "--checkpoint-dir", "{blocked}"), "--checkpoint-dir"),
+    Case(
+        "store path that cannot be created",
+        under_a_file(*RUN, "--dataset", "digits", "--store", "{blocked}/s.sqlite"),
+        "--store",
+    ),
+    Case(
+        "checkpoint folder that cannot be created",
+        under_a_file(*RUN, "--dataset", "digits", "--checkpoint-dir", "{blocked}"),
+        "--checkpoint-dir",
+    ),
     Case("report path that cannot be written", under_a_file("report", "--out", "{blocked}/report.html"), "--out"),
     Case("export path that cannot be written", under_a_file("export", "--out", "{blocked}/m.csv"), "--out"),
     # wrong diagnoses, tracebacks and inputs once accepted silently
-    Case("kernel --max-memory below what the solve needs", lambda tmp: ["kernel", "--dataset", "digits", "--max-memory", "0.01", "--quiet"], "use --max-memory"),
-    Case("sweep grid file that does not exist", lambda tmp: ["sweep", str(tmp / "none.toml")], "path given to rethink sweep"),
+    Case(
+        "kernel --max-memory below what the solve needs",
+        lambda tmp: ["kernel", "--dataset", "digits", "--max-memory", "0.01", "--quiet"],
+        "use --max-memory",
+    ),
+    Case(
+        "sweep grid file that does not exist",
+        lambda tmp: ["sweep", str(tmp / "none.toml")],
+        "path given to rethink sweep",
+    ),
     Case("model factory that raises", run("--model", "operator:truediv"), "'operator:truediv' raised TypeError"),
     Case("train size that leaves classes out", run("--train-size", "5"), "use --train-size 10 or more"),
     Case("dataset whose training images are all one class", run_on(npz_one_class), "in one class"),
     Case("negative checkpoint interval", run("--checkpoint-interval", "-5"), "--checkpoint-interval"),
-    Case("read command on a store that does not exist", lambda tmp: ["runs", "--store", str(tmp / "typo.sqlite")], "does not exist"),
-    Case("report on a store in a folder that does not exist", lambda tmp: ["report", "--store", str(tmp / "missing" / "x.sqlite")], "does not exist"),
-    Case("export of a run id not in the store", lambda tmp: ["export", "--run-id", "0123456789abcdef", "--out", "-"], "not in the store"),
+    Case(
+        "read command on a store that does not exist",
+        lambda tmp: ["runs", "--store", str(tmp / "typo.sqlite")],
+        "does not exist",
+    ),
+    Case(
+        "report on a store in a folder that does not exist",
+        lambda tmp: ["report", "--store", str(tmp / "missing" / "x.sqlite")],
+        "does not exist",
+    ),
+    Case(
+        "export of a run id not in the store",
+        lambda tmp: ["export", "--run-id", "0123456789abcdef", "--out", "-"],
+        "not in the store",
+    ),
     Case("--store that is a folder", lambda tmp: [*RUN, "--dataset", "digits", "--store", str(tmp)], "is a folder"),
     Case("no CPU threads", run("--threads", "0"), "--threads 0 must be at least 1"),
 ]
@@ -257,10 +380,12 @@ def test_catalogue_is_large_and_distinct():
 
 def catalogue_markdown() -> str:
     rows = "\n".join(f"| {i} | {c.problem} | `{c.says}` |" for i, c in enumerate(CATALOGUE, 1))
-    return ("# Bad inputs\n\nEach of these is answered by one line on stderr that names the problem and the fix, "
-            "exit status 2, no traceback, and an unchanged store. Every row is a case of "
-            "`tests/test_bad_inputs.py` (`python tests/test_bad_inputs.py` prints this table).\n\n"
-            "| # | bad input | the message contains |\n|---:|:---|:---|\n" + rows + "\n")
+    return (
+        "# Bad inputs\n\nEach of these is answered by one line on stderr that names the problem and the fix, "
+        "exit status 2, no traceback, and an unchanged store. Every row is a case of "
+        "`tests/test_bad_inputs.py` (`python tests/test_bad_inputs.py` prints this table).\n\n"
+        "| # | bad input | the message contains |\n|---:|:---|:---|\n" + rows + "\n"
+    )
 
 
 def test_docs_table_matches_the_catalogue():

@@ -21,8 +21,24 @@ def cli(*args, cwd=None):
 
 
 def test_run_json_prints_exactly_one_object(tmp_path):
-    p = cli("run", "--dataset", "digits", "--train-size", "300", "--randomize", "random-labels", "--lr", "0.1",
-            "--lr-decay", "1", "--epochs", "300", "--json", "--store", str(tmp_path / "s.sqlite"))
+    p = cli(
+        "run",
+        "--dataset",
+        "digits",
+        "--train-size",
+        "300",
+        "--randomize",
+        "random-labels",
+        "--lr",
+        "0.1",
+        "--lr-decay",
+        "1",
+        "--epochs",
+        "300",
+        "--json",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)  # the whole of stdout is one JSON object
     for key in ("run_id", "status", "num_params", "train_acc", "test_acc", "time_to_fit"):
@@ -34,8 +50,9 @@ def test_run_json_prints_exactly_one_object(tmp_path):
 
 def test_spec_file_flags_override_and_unknown_key(tmp_path, capsys):
     spec = tmp_path / "spec.toml"
-    spec.write_text('dataset = "digits"\ntrain_size = 200\nepochs = 2\nrandomize = "partial-labels"\np = 0.5\n'
-                    'augment = ["flip"]\n')
+    spec.write_text(
+        'dataset = "digits"\ntrain_size = 200\nepochs = 2\nrandomize = "partial-labels"\np = 0.5\naugment = ["flip"]\n'
+    )
     store = str(tmp_path / "s.sqlite")
     assert main(["run", "--spec", str(spec), "--epochs", "3", "--json", "--quiet", "--store", store]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -47,20 +64,42 @@ def test_spec_file_flags_override_and_unknown_key(tmp_path, capsys):
 
 
 def test_user_model_and_npz_dataset(tmp_path):
-    (tmp_path / "mynets.py").write_text(textwrap.dedent("""
+    (tmp_path / "mynets.py").write_text(
+        textwrap.dedent("""
         import torch
         def tiny(input_shape, num_classes):
             c, h, w = input_shape
             return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(c * h * w, 32), torch.nn.ReLU(),
                                        torch.nn.Linear(32, num_classes))
-    """))
+    """)
+    )
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(3, 20))
     ytr, yte = rng.integers(0, 3, 300), rng.integers(0, 3, 90)
-    np.savez(tmp_path / "blobs.npz", x_train=centers[ytr] + 0.3 * rng.normal(size=(300, 20)), y_train=ytr,
-             x_test=centers[yte] + 0.3 * rng.normal(size=(90, 20)), y_test=yte)
-    p = cli("run", "--dataset", "npz:blobs.npz", "--model", "mynets:tiny", "--preprocess", "none", "--epochs", "50",
-            "--lr", "0.05", "--json", "--store", "s.sqlite", cwd=tmp_path)
+    np.savez(
+        tmp_path / "blobs.npz",
+        x_train=centers[ytr] + 0.3 * rng.normal(size=(300, 20)),
+        y_train=ytr,
+        x_test=centers[yte] + 0.3 * rng.normal(size=(90, 20)),
+        y_test=yte,
+    )
+    p = cli(
+        "run",
+        "--dataset",
+        "npz:blobs.npz",
+        "--model",
+        "mynets:tiny",
+        "--preprocess",
+        "none",
+        "--epochs",
+        "50",
+        "--lr",
+        "0.05",
+        "--json",
+        "--store",
+        "s.sqlite",
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["num_params"] == 20 * 32 + 32 + 32 * 3 + 3
@@ -70,8 +109,13 @@ def test_user_model_and_npz_dataset(tmp_path):
 def test_models_lists_paper_counts(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for name, count in [("mlp1x512", "1,209,866"), ("mlp3x512", "1,735,178"), ("alexnet", "1,387,786"),
-                        ("inception", "1,649,402"), ("inception-nobn", "1,649,402")]:
+    for name, count in [
+        ("mlp1x512", "1,209,866"),
+        ("mlp3x512", "1,735,178"),
+        ("alexnet", "1,387,786"),
+        ("inception", "1,649,402"),
+        ("inception-nobn", "1,649,402"),
+    ]:
         assert any(line.startswith(name + " ") and count in line for line in out.splitlines()), name
     assert main(["models", "--input-shape", "1,8,8", "--num-classes", "2"]) == 0
     assert "params @ 1,8,8, 2 classes" in capsys.readouterr().out
@@ -135,6 +179,8 @@ def test_augment_crop_on_images_without_a_crop_is_documented_and_shifts_by_an_ei
     out = augment(x, ("crop",), None, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
-    shifts = [next(((dy, dx) for dy in range(3) for dx in range(3) if torch.equal(p[:, dy:dy + 8, dx:dx + 8], o)), None)
-              for p, o in zip(padded, out)]
+    shifts = [
+        next(((dy, dx) for dy in range(3) for dx in range(3) if torch.equal(p[:, dy : dy + 8, dx : dx + 8], o)), None)
+        for p, o in zip(padded, out)
+    ]
     assert None not in shifts and len(set(shifts)) > 1  # every crop is a shift by at most one pixel

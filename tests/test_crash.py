@@ -17,9 +17,33 @@ import torch
 from rethink.cli import main
 from rethink.store import Store
 
-RUN = ["run", "--dataset", "digits", "--train-size", "300", "--model", "mlp", "--hidden", "64", "--lr", "0.1",
-       "--lr-decay", "0.9", "--epochs", "10", "--no-stop-on-fit", "--augment", "flip", "--dropout", "0.2",
-       "--randomize", "random-labels", "--checkpoint-interval", "0", "--quiet"]
+RUN = [
+    "run",
+    "--dataset",
+    "digits",
+    "--train-size",
+    "300",
+    "--model",
+    "mlp",
+    "--hidden",
+    "64",
+    "--lr",
+    "0.1",
+    "--lr-decay",
+    "0.9",
+    "--epochs",
+    "10",
+    "--no-stop-on-fit",
+    "--augment",
+    "flip",
+    "--dropout",
+    "0.2",
+    "--randomize",
+    "random-labels",
+    "--checkpoint-interval",
+    "0",
+    "--quiet",
+]
 TIME_FIELDS = {"seconds", "train_seconds", "eval_seconds"}
 
 # Run ``rethink`` in a child that SIGKILLs itself at one point: the Nth training step, halfway
@@ -102,8 +126,15 @@ def reference(tmp_path_factory):
 
 
 # 300 images at batch 128: 3 steps per epoch, 30 steps in all; a checkpoint after every epoch.
-KILL_POINTS = [("step", 1), ("step", 14), ("step", 30), ("checkpoint", 1), ("checkpoint", 6), ("checkpoint", 10),
-               ("store", 1)]
+KILL_POINTS = [
+    ("step", 1),
+    ("step", 14),
+    ("step", 30),
+    ("checkpoint", 1),
+    ("checkpoint", 6),
+    ("checkpoint", 10),
+    ("store", 1),
+]
 
 
 @pytest.mark.parametrize("point, n", KILL_POINTS, ids=[f"{p}-{n}" for p, n in KILL_POINTS])
@@ -136,17 +167,47 @@ def test_concurrent_processes_share_one_store(tmp_path):
     same run refuse it instead: tests/test_store.py)."""
     store = str(tmp_path / "shared.sqlite")
     grid = tmp_path / "g.toml"
-    grid.write_text('[base]\ndataset = "digits"\ntrain_size = 200\nmodel = "mlp"\nhidden = [32]\nepochs = 3\n'
-                    '[[grid]]\nrandomize = "partial-labels"\np = [0.0, 0.25, 0.5, 0.75, 1.0]\n')
+    grid.write_text(
+        '[base]\ndataset = "digits"\ntrain_size = 200\nmodel = "mlp"\nhidden = [32]\nepochs = 3\n'
+        '[[grid]]\nrandomize = "partial-labels"\np = [0.0, 0.25, 0.5, 0.75, 1.0]\n'
+    )
     grid2 = tmp_path / "g2.toml"
     grid2.write_text(grid.read_text().replace("[0.0, 0.25, 0.5, 0.75, 1.0]", "[0.1, 0.6, 0.9]"))
     exe = [sys.executable, "-m", "rethink"]
-    commands = [[*exe, "sweep", str(grid), "--store", store, "--quiet"],
-                [*exe, "sweep", str(grid2), "--store", store, "--quiet"],
-                [*exe, "run", "--dataset", "digits", "--train-size", "200", "--epochs", "3", "--seed", "7",
-                 "--store", store, "--quiet"],
-                [*exe, "run", "--dataset", "digits", "--train-size", "200", "--epochs", "3", "--seed", "8",
-                 "--store", store, "--quiet"]]
+    commands = [
+        [*exe, "sweep", str(grid), "--store", store, "--quiet"],
+        [*exe, "sweep", str(grid2), "--store", store, "--quiet"],
+        [
+            *exe,
+            "run",
+            "--dataset",
+            "digits",
+            "--train-size",
+            "200",
+            "--epochs",
+            "3",
+            "--seed",
+            "7",
+            "--store",
+            store,
+            "--quiet",
+        ],
+        [
+            *exe,
+            "run",
+            "--dataset",
+            "digits",
+            "--train-size",
+            "200",
+            "--epochs",
+            "3",
+            "--seed",
+            "8",
+            "--store",
+            store,
+            "--quiet",
+        ],
+    ]
     procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in commands]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()

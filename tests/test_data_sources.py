@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from rethink.data import Dataset, dataset_names, formats, load_dataset, sources, subset
+from rethink.errors import UserError
 from writers import (
     CIFAR_NAMES,
     IDX_NAMES,
@@ -30,9 +33,6 @@ from writers import (
     write_image_folder,
     write_mnist,
 )
-
-from rethink.data import Dataset, dataset_names, formats, load_dataset, sources, subset
-from rethink.errors import UserError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -62,15 +62,16 @@ def test_dataset_names():
     assert dataset_names() == ["digits", "mnist", "fashion-mnist", "cifar10", "imagefolder", "npz"]
 
 
-@pytest.mark.parametrize("typo, suggestion", [("fashon-mnist", "fashion-mnist"),
-                                              ("cifar", "cifar10"), ("digit", "digits")])
+@pytest.mark.parametrize(
+    "typo, suggestion", [("fashon-mnist", "fashion-mnist"), ("cifar", "cifar10"), ("digit", "digits")]
+)
 def test_unknown_name_suggests_nearest(typo, suggestion):
-    message = user_error(f"did you mean {suggestion}", load_dataset, typo)
-    assert typo in message and "valid names" in message and "npz:PATH" in message
+    message = user_error(f"did you mean '{suggestion}'", load_dataset, typo)
+    assert typo in message and "choose one of" in message and "npz:PATH" in message
 
 
 def test_unknown_name_without_close_match_lists_names():
-    message = user_error("valid names: digits", load_dataset, "zzzzzz")
+    message = user_error("choose one of: digits", load_dataset, "zzzzzz")
     assert "did you mean" not in message
 
 
@@ -184,9 +185,21 @@ def _idx_case(folder: Path, case: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["wrong magic", "nonzero magic", "dims too large",
-                                  "dims too small", "truncated data", "truncated header", "empty",
-                                  "truncated gzip", "corrupt gzip", "labels magic"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "wrong magic",
+        "nonzero magic",
+        "dims too large",
+        "dims too small",
+        "truncated data",
+        "truncated header",
+        "empty",
+        "truncated gzip",
+        "corrupt gzip",
+        "labels magic",
+    ],
+)
 def test_broken_idx_raises_user_error_naming_file(tmp_path, case):
     write_mnist(tmp_path, np.random.default_rng(0))
     path = _idx_case(tmp_path, case)
@@ -255,8 +268,14 @@ def test_real_fashion_mnist(monkeypatch):
     assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
     small = subset(ds, 1000, 500, np.random.default_rng(0))
     assert np.all(np.bincount(small.y_train) == 100) and np.all(np.bincount(small.y_test) == 50)
-    user_error("--train-size 70000 is larger than the 60000 training images of fashion-mnist; "
-               "use at most 60000", subset, ds, 70000, None, np.random.default_rng(0))
+    user_error(
+        "--train-size 70000 is larger than the 60000 training images of fashion-mnist; use at most 60000",
+        subset,
+        ds,
+        70000,
+        None,
+        np.random.default_rng(0),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,8 +316,7 @@ def test_cifar_python2_pickle_bytes(tmp_path):
     rng = np.random.default_rng(0)
     batches = write_cifar(tmp_path, rng)
     data = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
-    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(
-        py2_cifar_pickle(data, [9, 0, 4]))
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(py2_cifar_pickle(data, [9, 0, 4]))
     ds = load_dataset("cifar10", str(tmp_path))
     assert np.array_equal(ds.x_test, data.reshape(3, 3, 32, 32) / np.float32(255))
     assert ds.y_test.tolist() == [9, 0, 4]
@@ -307,31 +325,35 @@ def test_cifar_python2_pickle_bytes(tmp_path):
 
 def test_cifar_str_keys_array_labels_and_no_meta(tmp_path):
     rng = np.random.default_rng(0)
-    batches = {name: {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
-                      "labels": np.array([0, 1, 2, 9])}
-               for name in [*formats.CIFAR_TRAIN_FILES, "test_batch"]}
+    batches = {
+        name: {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": np.array([0, 1, 2, 9])}
+        for name in [*formats.CIFAR_TRAIN_FILES, "test_batch"]
+    }
     write_cifar(tmp_path, rng, batches=batches, meta=False)
     ds = load_dataset("cifar10", str(tmp_path))
     assert ds.class_names == formats.CIFAR10_CLASSES
     assert ds.y_test.tolist() == [0, 1, 2, 9]
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("missing labels", "missing key 'labels'"),
-    ("missing data", "missing key 'data'"),
-    ("wrong shape", "shape"),
-    ("wrong dtype", "dtype float32"),
-    ("data is a list", "'data' is a list"),
-    ("labels are a string", "labels"),
-    ("float labels", "integer"),
-    ("label count", "labels"),
-    ("label out of range", "label 10"),
-    ("negative label", "label -1"),
-    ("not a dict", "holds a list"),
-    ("truncated", "not a readable"),
-    ("garbage", "not a readable"),
-    ("code", "refusing"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing labels", "missing key 'labels'"),
+        ("missing data", "missing key 'data'"),
+        ("wrong shape", "shape"),
+        ("wrong dtype", "dtype float32"),
+        ("data is a list", "'data' is a list"),
+        ("labels are a string", "labels"),
+        ("float labels", "integer"),
+        ("label count", "labels"),
+        ("label out of range", "label 10"),
+        ("negative label", "label -1"),
+        ("not a dict", "holds a list"),
+        ("truncated", "not a readable"),
+        ("garbage", "not a readable"),
+        ("code", "refusing"),
+    ],
+)
 def test_broken_cifar_batch_raises_user_error_naming_file(tmp_path, case, fragment):
     rng = np.random.default_rng(0)
     write_cifar(tmp_path, rng)
@@ -409,8 +431,7 @@ def test_png_image_folder_round_trip(tmp_path, mode):
 
 
 def test_jpeg_image_folder_val_split_and_name_form(tmp_path):
-    written = write_image_folder(tmp_path, np.random.default_rng(0), mode="RGB",
-                                 test_split="val", fmt="JPEG")
+    written = write_image_folder(tmp_path, np.random.default_rng(0), mode="RGB", test_split="val", fmt="JPEG")
     ds = load_dataset(f"imagefolder:{tmp_path}")
     x, y = expected_images(written, ["bird", "cat", "dog"], "val")
     assert np.array_equal(ds.x_test, x.astype(np.float32) / 255) and np.array_equal(ds.y_test, y)
@@ -490,13 +511,16 @@ def test_image_folder_layout_errors(tmp_path):
 # npz
 
 
-@pytest.mark.parametrize("shape, expected", [
-    ((6, 5, 4), (6, 1, 5, 4)),
-    ((6, 5, 4, 3), (6, 3, 5, 4)),
-    ((6, 5, 4, 1), (6, 1, 5, 4)),
-    ((6, 3, 5, 4), (6, 3, 5, 4)),
-    ((6, 20), (6, 1, 1, 20)),
-])
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((6, 5, 4), (6, 1, 5, 4)),
+        ((6, 5, 4, 3), (6, 3, 5, 4)),
+        ((6, 5, 4, 1), (6, 1, 5, 4)),
+        ((6, 3, 5, 4), (6, 3, 5, 4)),
+        ((6, 20), (6, 1, 1, 20)),
+    ],
+)
 def test_npz_shapes_and_uint8_scaling(tmp_path, shape, expected):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -513,31 +537,40 @@ def test_npz_shapes_and_uint8_scaling(tmp_path, shape, expected):
 def test_npz_float_kept_and_class_names(tmp_path):
     x = np.linspace(-1, 2, 6 * 4, dtype=np.float64).reshape(6, 2, 2)
     path = tmp_path / "f.npz"
-    np.savez(path, x_train=x, y_train=np.array([0, 1] * 3), x_test=x, y_test=np.zeros(6, int),
-             class_names=np.array(["no", "yes"]))
+    np.savez(
+        path,
+        x_train=x,
+        y_train=np.array([0, 1] * 3),
+        x_test=x,
+        y_test=np.zeros(6, int),
+        class_names=np.array(["no", "yes"]),
+    )
     ds = load_dataset("npz", str(path))
     assert np.array_equal(ds.x_train[:, 0], x.astype(np.float32))
     assert ds.class_names == ("no", "yes") and ds.num_classes == 2
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("missing key", "missing y_test"),
-    ("nan", "NaN"),
-    ("inf", "NaN or infinite"),
-    ("length mismatch", "5 labels"),
-    ("negative label", "negative"),
-    ("empty", "empty"),
-    ("float labels", "integer"),
-    ("2-D labels", "1-D"),
-    ("5-D images", "shape"),
-    ("scalar images", "empty"),
-    ("int images", "dtype int64"),
-    ("test shape differs", "must match"),
-    ("few class names", "class_names"),
-    ("garbage", "not a readable .npz"),
-    ("truncated", "d.npz"),
-    ("npy", "single .npy"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing key", "missing y_test"),
+        ("nan", "NaN"),
+        ("inf", "NaN or infinite"),
+        ("length mismatch", "5 labels"),
+        ("negative label", "negative"),
+        ("empty", "empty"),
+        ("float labels", "integer"),
+        ("2-D labels", "1-D"),
+        ("5-D images", "shape"),
+        ("scalar images", "empty"),
+        ("int images", "dtype int64"),
+        ("test shape differs", "must match"),
+        ("few class names", "class_names"),
+        ("garbage", "not a readable .npz"),
+        ("truncated", "d.npz"),
+        ("npy", "single .npy"),
+    ],
+)
 def test_broken_npz_raises_user_error_naming_file(tmp_path, case, fragment):
     path = tmp_path / "d.npz"
     x = np.zeros((6, 4, 4), np.float32)
@@ -581,13 +614,13 @@ def test_npz_missing_file(tmp_path):
 def _toy(n_train=103, n_test=50, num_classes=4, seed=0) -> Dataset:
     """A dataset whose x encodes each example's index, with unbalanced classes."""
     rng = np.random.default_rng(seed)
-    y_train = rng.choice(num_classes, n_train, p=np.linspace(1, 2, num_classes) / np.linspace(
-        1, 2, num_classes).sum())
+    y_train = rng.choice(num_classes, n_train, p=np.linspace(1, 2, num_classes) / np.linspace(1, 2, num_classes).sum())
     y_test = rng.integers(0, num_classes, n_test)
     x_train = np.arange(n_train, dtype=np.float32).reshape(-1, 1, 1, 1)
     x_test = np.arange(n_test, dtype=np.float32).reshape(-1, 1, 1, 1)
-    return Dataset("toy", x_train, y_train, x_test, y_test, num_classes,
-                   tuple(map(str, range(num_classes))), "abc", "here", {})
+    return Dataset(
+        "toy", x_train, y_train, x_test, y_test, num_classes, tuple(map(str, range(num_classes))), "abc", "here", {}
+    )
 
 
 def _check_stratified(full_y, sub_y, size, num_classes):
@@ -623,8 +656,9 @@ def test_subset_none_full_and_tiny_sizes():
 def test_subset_size_errors():
     ds = _toy()
     rng = np.random.default_rng(0)
-    user_error("--train-size 104 is larger than the 103 training images of toy; use at most 103",
-               subset, ds, 104, None, rng)
+    user_error(
+        "--train-size 104 is larger than the 103 training images of toy; use at most 103", subset, ds, 104, None, rng
+    )
     user_error("--test-size 51 is larger than the 50 test images of toy", subset, ds, None, 51, rng)
     user_error("--train-size must be at least 1", subset, ds, 0, None, rng)
     user_error("whole number", subset, ds, 2.5, None, rng)
@@ -635,16 +669,23 @@ def test_subset_size_errors():
 def test_subset_stratification_property(labels, data):
     y = np.array(labels)
     size = data.draw(st.integers(1, len(y)))
-    ds = Dataset("p", y.reshape(-1, 1, 1, 1).astype(np.float32), y, y[:1].reshape(-1, 1, 1, 1)
-                 .astype(np.float32), y[:1], 6, tuple("012345"), "c")
+    ds = Dataset(
+        "p",
+        y.reshape(-1, 1, 1, 1).astype(np.float32),
+        y,
+        y[:1].reshape(-1, 1, 1, 1).astype(np.float32),
+        y[:1],
+        6,
+        tuple("012345"),
+        "c",
+    )
     _check_stratified(y, subset(ds, size, None, np.random.default_rng(0)).y_train, size, 6)
 
 
 # --------------------------------------------------------------------------------------------
 # Fuzzing: broken inputs load or raise UserError, never anything else
 
-_FUZZ = settings(max_examples=150, deadline=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+_FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 _VALID_IDX_GZ = gzip.compress(idx_labels_bytes(np.arange(40, dtype=np.uint8) % 10))
 _VALID_CIFAR = pickle.dumps(cifar_batch(np.random.default_rng(0), n=2), protocol=2)
 
@@ -656,7 +697,8 @@ def _mutations(valid: bytes):
         st.binary(max_size=300),
         st.integers(0, n - 1).map(lambda k: valid[:k]),
         st.tuples(st.integers(0, n - 1), st.integers(1, 255)).map(
-            lambda t: valid[:t[0]] + bytes([valid[t[0]] ^ t[1]]) + valid[t[0] + 1:]),
+            lambda t: valid[: t[0]] + bytes([valid[t[0]] ^ t[1]]) + valid[t[0] + 1 :]
+        ),
     )
 
 

@@ -51,10 +51,19 @@ def test_demo_figure_tells_its_five_learning_curves_apart(tmp_path, monkeypatch)
     from rethink.demo import demo_specs, plot_demo
 
     losses = list(np.linspace(2.3, 0.01, 156))  # every curve the same: only their styles tell them apart
-    results = [(name, SimpleNamespace(spec=spec, step_losses=losses, test_acc=0.5,
-                                      time_to_fit={"steps": 156, "epochs": 13, "seconds": 1.0},
-                                      summary={"n_train": 1437, "n_test": 360, "epochs": 13}))
-               for name, spec in demo_specs()]
+    results = [
+        (
+            name,
+            SimpleNamespace(
+                spec=spec,
+                step_losses=losses,
+                test_acc=0.5,
+                time_to_fit={"steps": 156, "epochs": 13, "seconds": 1.0},
+                summary={"n_train": 1437, "n_test": 360, "epochs": 13},
+            ),
+        )
+        for name, spec in demo_specs()
+    ]
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)  # keep the figure plot_demo closes
     plot_demo(results, str(tmp_path / "demo.png"), "caption")

@@ -11,9 +11,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from jpeg_folder import write_jpeg_folder
 
 import rethink
+from jpeg_folder import write_jpeg_folder
 from rethink import distributed
 from rethink.cli import make_parser, spec_from_args
 from rethink.errors import UserError
@@ -23,8 +23,27 @@ from rethink.store import Store
 # accuracies within one example. Measured: 3.6e-7 for RUN (90 steps), the accuracies equal.
 TOLERANCE = 1e-5
 # 301 examples in batches of 128: the last batch of every epoch (45) splits 23 / 22 over the ranks.
-RUN = ["--dataset", "digits", "--train-size", "301", "--model", "mlp1x512", "--lr", "0.1", "--lr-decay", "0.95",
-       "--epochs", "30", "--no-stop-on-fit", "--augment", "crop,flip", "--randomize", "partial-labels", "--p", "0.3"]
+RUN = [
+    "--dataset",
+    "digits",
+    "--train-size",
+    "301",
+    "--model",
+    "mlp1x512",
+    "--lr",
+    "0.1",
+    "--lr-decay",
+    "0.95",
+    "--epochs",
+    "30",
+    "--no-stop-on-fit",
+    "--augment",
+    "crop,flip",
+    "--randomize",
+    "partial-labels",
+    "--p",
+    "0.3",
+]
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 # Rank 1 SIGKILLs itself at its Nth optimizer step; torchrun then ends rank 0 too.
@@ -48,8 +67,13 @@ KILLER = textwrap.dedent("""
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", *args], capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [TORCHRUN, "--standalone", "--nproc-per-node", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def single_process(flags: list[str]) -> rethink.RunResult:
@@ -103,9 +127,31 @@ def test_torchrun_matches_one_process_and_resumes_after_a_kill(tmp_path):
 def test_streamed_folder_under_torchrun(tmp_path):
     """Each rank decodes its shard of every batch and evaluates its share of both sets."""
     folder = write_jpeg_folder(tmp_path / "imagenet", train_per_class=9, val_per_class=3)
-    flags = ["--dataset", f"imagefolder:{folder}", "--stream", "--image-size", "24", "--model", "mlp1x512", "--lr",
-             "0.01", "--lr-decay", "1", "--batch-size", "10", "--epochs", "4", "--no-stop-on-fit", "--augment",
-             "crop,flip", "--randomize", "random-labels", "--loader-workers", "1", "--quiet"]
+    flags = [
+        "--dataset",
+        f"imagefolder:{folder}",
+        "--stream",
+        "--image-size",
+        "24",
+        "--model",
+        "mlp1x512",
+        "--lr",
+        "0.01",
+        "--lr-decay",
+        "1",
+        "--batch-size",
+        "10",
+        "--epochs",
+        "4",
+        "--no-stop-on-fit",
+        "--augment",
+        "crop,flip",
+        "--randomize",
+        "random-labels",
+        "--loader-workers",
+        "1",
+        "--quiet",
+    ]
     store = str(tmp_path / "s.sqlite")
     p = torchrun("-m", "rethink", "run", *flags, "--store", store)
     assert p.returncode == 0, p.stderr

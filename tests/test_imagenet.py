@@ -4,8 +4,8 @@ generated JPEG folder at Inception V3's smallest input size. Runs in the venv of
 
 import pytest
 import torch
-from jpeg_folder import write_jpeg_folder
 
+from jpeg_folder import write_jpeg_folder
 from rethink.errors import UserError
 from rethink.models import build, num_params
 from rethink.recipes import reproduce
@@ -29,12 +29,18 @@ def test_inception_v3_is_torchvisions_with_a_dropout_option():
 def test_table2_recipe_on_a_generated_folder(tmp_path):
     folder = write_jpeg_folder(tmp_path / "imagenet")
     store = str(tmp_path / "s.sqlite")
-    output, paths = reproduce("table2", "smoke", data_dir=str(folder), out=str(tmp_path / "out"), store=store,
-                              progress=False)
+    output, paths = reproduce(
+        "table2", "smoke", data_dir=str(folder), out=str(tmp_path / "out"), store=store, progress=False
+    )
     (table,) = output.tables
-    assert [r[:4] for r in table.rows] == [["true", "yes", "yes", "yes"], ["true", "yes", "no", "no"],
-                                           ["true", "no", "no", "yes"], ["true", "no", "no", "no"],
-                                           ["random", "no", "no", "no"], ["random", "yes", "yes", "yes"]]
+    assert [r[:4] for r in table.rows] == [
+        ["true", "yes", "yes", "yes"],
+        ["true", "yes", "no", "no"],
+        ["true", "no", "no", "yes"],
+        ["true", "no", "no", "no"],
+        ["random", "no", "no", "no"],
+        ["random", "yes", "yes", "yes"],
+    ]
     assert table.rows[0][8:11] == ["92.18", "77.84", "93.92"], "the paper's numbers beside ours"
     runs = Store(store).runs()
     assert len(runs) == 6 and {r["status"] for r in runs} == {"budget"}

@@ -411,8 +411,20 @@ def test_user_model_failures(user_pkg, spec, match):
 
 def test_user_factory_that_raises_is_one_line_with_its_traceback_on_demand(user_pkg, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RETHINK_DEBUG", raising=False)
-    argv = ["run", "--dataset", "digits", "--train-size", "100", "--epochs", "1", "--quiet",
-            "--model", f"{user_pkg}.nets:raises", "--store", str(tmp_path / "s.sqlite")]
+    argv = [
+        "run",
+        "--dataset",
+        "digits",
+        "--train-size",
+        "100",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--model",
+        f"{user_pkg}.nets:raises",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err

@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
-from rethink.data.randomize import (corrupt_labels, gaussian_images, channel_moments, random_pixels, randomize,
-                                    shuffled_pixels)
+from rethink.data.randomize import (
+    channel_moments,
+    corrupt_labels,
+    gaussian_images,
+    random_pixels,
+    randomize,
+    shuffled_pixels,
+)
 from rethink.errors import UserError
 
 
@@ -78,8 +84,9 @@ def test_random_pixels_each_image_a_permutation_of_its_own_pixels():
 
 def test_gaussian_matches_per_channel_moments():
     rng = np.random.default_rng(0)
-    x = np.stack([rng.uniform(0, 1, (400, 8, 8)), rng.uniform(0.2, 0.4, (400, 8, 8)),
-                  rng.beta(2, 5, (400, 8, 8))], axis=1).astype(np.float32)
+    x = np.stack(
+        [rng.uniform(0, 1, (400, 8, 8)), rng.uniform(0.2, 0.4, (400, 8, 8)), rng.beta(2, 5, (400, 8, 8))], axis=1
+    ).astype(np.float32)
     mean, std = channel_moments(x)
     g = gaussian_images(4000, x.shape[1:], mean, std, np.random.default_rng(1))
     gm, gs = channel_moments(g)
@@ -89,12 +96,17 @@ def test_gaussian_matches_per_channel_moments():
 
 def kinds_inputs(n=300, n_test=100):
     rng = np.random.default_rng(5)
-    return (rng.uniform(size=(n, 3, 6, 6)).astype(np.float32), rng.integers(0, 10, n),
-            rng.uniform(size=(n_test, 3, 6, 6)).astype(np.float32), rng.integers(0, 10, n_test))
+    return (
+        rng.uniform(size=(n, 3, 6, 6)).astype(np.float32),
+        rng.integers(0, 10, n),
+        rng.uniform(size=(n_test, 3, 6, 6)).astype(np.float32),
+        rng.integers(0, 10, n_test),
+    )
 
 
-@pytest.mark.parametrize("kind", ["none", "partial-labels", "random-labels", "shuffled-pixels", "random-pixels",
-                                  "gaussian"])
+@pytest.mark.parametrize(
+    "kind", ["none", "partial-labels", "random-labels", "shuffled-pixels", "random-pixels", "gaussian"]
+)
 def test_same_seed_same_result_and_test_labels_clean(kind):
     xtr, ytr, xte, yte = kinds_inputs()
     a = randomize(kind, xtr, ytr, xte, yte, 10, np.random.default_rng(11), p=0.5 if kind == "partial-labels" else 0)

@@ -9,12 +9,12 @@ import sys
 import textwrap
 
 import pytest
-from test_sweep import stored, torch_threads
 
 from rethink.cli import main
 from rethink.ray_executor import task_threads
 from rethink.store import Store
 from rethink.sweep import expand, load_grid, run_sweep
+from test_sweep import stored, torch_threads
 
 GRID = """
 seeds = 2
@@ -80,12 +80,18 @@ def test_failed_and_lost_tasks_are_retried_then_recorded(tmp_path):
     (tmp_path / "flaky.py").write_text(FLAKY)
     attempts = tmp_path / "attempts"
     attempts.mkdir()
-    specs = expand({"dataset": "digits", "train_size": 200, "lr": 0.1, "epochs": 3, "stop_on_fit": False},
-                   [{"model": ["flaky:dies_once", "flaky:always_fails", "mlp1x512"]}])
+    specs = expand(
+        {"dataset": "digits", "train_size": 200, "lr": 0.1, "epochs": 3, "stop_on_fit": False},
+        [{"model": ["flaky:dies_once", "flaky:always_fails", "mlp1x512"]}],
+    )
     store = str(tmp_path / "s.sqlite")
     # A Ray session opened by the caller is used (and left open) by the executor.
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": str(tmp_path), "ATTEMPTS": str(attempts)}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        runtime_env={"env_vars": {"PYTHONPATH": str(tmp_path), "ATTEMPTS": str(attempts)}},
+    )
     try:
         results = run_sweep(specs, store, executor="ray", progress=False, executor_options={"max_retries": 1})
         assert [r.status for r in results] == ["budget", "failed", "budget"]

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from browser import CHROMIUM, render_in_chromium
 from rethink.api import RunResult, load_result
 from rethink.cli import main
 from rethink.recipes import RECIPES, figure1, stored_outputs
@@ -12,8 +13,6 @@ from rethink.recipes.common import LABELS, protocol
 from rethink.recipes.tables import TABLE4, _regularizer, converged
 from rethink.spec import RunSpec
 from rethink.store import Store
-
-from browser import CHROMIUM, render_in_chromium
 
 # table2 needs an ImageNet-style folder and torchvision: tests/test_imagenet.py runs it.
 SMOKE_RECIPES = [name for name in RECIPES if name != "table2"]
@@ -88,8 +87,9 @@ def test_smoke_figure1a_every_test_reaches_near_zero_loss_random_labels_slowest(
     steps = {t: r.summary["steps"] for t, r in results.items()}
     assert steps["random-labels"] > 1.3 * steps["none"], steps
     # structured inputs are fitted sooner than unstructured ones (the order of the paper's curves)
-    assert max(steps["none"], steps["shuffled-pixels"]) < min(steps["random-pixels"], steps["gaussian"],
-                                                                steps["random-labels"]), steps
+    assert max(steps["none"], steps["shuffled-pixels"]) < min(
+        steps["random-pixels"], steps["gaussian"], steps["random-labels"]
+    ), steps
 
 
 def test_smoke_table1_every_run_fits_and_random_labels_test_at_chance(smoke):
@@ -98,8 +98,13 @@ def test_smoke_table1_every_run_fits_and_random_labels_test_at_chance(smoke):
     assert len(results) == 19
     for r in results:
         # random crops are fitted to at least 98% in the budget (the paper's AlexNet: 99.82-99.90%)
-        assert r.train_acc >= (0.98 if r.spec.augment else 1.0), (r.spec.model, r.spec.augment, r.spec.weight_decay,
-                                                                   r.spec.randomize, r.train_acc)
+        assert r.train_acc >= (0.98 if r.spec.augment else 1.0), (
+            r.spec.model,
+            r.spec.augment,
+            r.spec.weight_decay,
+            r.spec.randomize,
+            r.train_acc,
+        )
         if r.spec.randomize == "random-labels":
             assert r.train_acc == 1.0 and r.test_acc < 0.25, (r.spec.model, r.test_acc)
         else:
@@ -126,8 +131,9 @@ def test_smoke_figure2b_inception_fits_and_generalizes(smoke):
 
 def test_smoke_inception_without_batch_norm_trains(smoke):
     store, _ = smoke
-    runs = [r for name in ("figure2b", "table1") for r in smoke_results(store, name)
-            if r.spec.model == "inception-nobn"]
+    runs = [
+        r for name in ("figure2b", "table1") for r in smoke_results(store, name) if r.spec.model == "inception-nobn"
+    ]
     assert len(runs) == 4
     assert all(r.train_acc >= 0.99 for r in runs), [r.train_acc for r in runs]
 
@@ -148,24 +154,35 @@ def test_cpu_figure1b_gives_inception_and_alexnet_their_own_settings(monkeypatch
     specs = recipes.recipe_specs("figure1b", "cpu", {"dataset": "imagefolder", "data_dir": "c.tar.gz"}, 2)
     by_model = {m: [s for s in specs if s.model == m] for m in ("inception", "alexnet", "mlp1x512")}
     assert {(s.dataset, s.data_dir, s.train_size, s.eval_every, s.width) for s in by_model["inception"]} == {
-        ("fashion-mnist", None, 6000, 6 * 47, 0.125)}
+        ("fashion-mnist", None, 6000, 6 * 47, 0.125)
+    }
     assert {(s.dataset, s.data_dir, s.train_size, s.eval_every, s.lr) for s in by_model["alexnet"]} == {
-        ("imagefolder", "c.tar.gz", 3000, 2 * 24, 0.0025)}
+        ("imagefolder", "c.tar.gz", 3000, 2 * 24, 0.0025)
+    }
     assert {(s.train_size, s.eval_every, s.lr) for s in by_model["mlp1x512"]} == {
-        (25000, 2 * 196, None)}  # None: the paper's 0.01
+        (25000, 2 * 196, None)
+    }  # None: the paper's 0.01
     assert {s.lr for s in by_model["inception"]} == {None}
     levels = {m: sorted({s.p for s in rs}) for m, rs in by_model.items()}
-    assert levels == {"inception": [0.0, 0.5, 1.0], "alexnet": [0.0, 0.25, 0.5, 0.75, 1.0],
-                      "mlp1x512": [0.0, 0.25, 0.5, 0.75, 1.0]}
+    assert levels == {
+        "inception": [0.0, 0.5, 1.0],
+        "alexnet": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "mlp1x512": [0.0, 0.25, 0.5, 0.75, 1.0],
+    }
     assert all(len(rs) == 2 * len(levels[m]) for m, rs in by_model.items())
     caption = recipes.get("figure1b").protocol("cpu").describe("imagefolder")
     assert "imagefolder (Inception: fashion-mnist)" in caption and "Inception trained through torch.compile" in caption
     assert "Corruption levels p = 0, 0.25, 0.5, 0.75, 1 (Inception: 0, 0.5, 1)." in caption
     assert "(0.1 Inception, 0.01 others) except AlexNet at 0.0025," in caption
-    table1 = [s for s in recipes.recipe_specs("table1", "cpu", {"dataset": "imagefolder"}, 1)
-              if s.model in ("inception", "alexnet")]
+    table1 = [
+        s
+        for s in recipes.recipe_specs("table1", "cpu", {"dataset": "imagefolder"}, 1)
+        if s.model in ("inception", "alexnet")
+    ]
     assert {(s.model, s.dataset, s.train_size, s.lr) for s in table1} == {
-        ("inception", "imagefolder", 3000, None), ("alexnet", "imagefolder", 3000, None)}
+        ("inception", "imagefolder", 3000, None),
+        ("alexnet", "imagefolder", 3000, None),
+    }
     assert "except" not in recipes.get("table1").protocol("cpu").describe("imagefolder")
 
     seen = []
@@ -182,7 +199,10 @@ def test_cpu_figure1b_gives_inception_and_alexnet_their_own_settings(monkeypatch
         recipes.reproduce("figure1b", "cpu", store=str(tmp_path / "s.sqlite"), progress=False, compile=choice)
     default, on, off = seen
     assert [default(s) for s in (by_model["inception"][0], by_model["alexnet"][0], by_model["mlp1x512"][0])] == [
-        True, False, False]
+        True,
+        False,
+        False,
+    ]
     assert (on, off) == (True, False)
 
 
@@ -194,8 +214,16 @@ def test_table1_paper_values_in_the_right_cells(smoke):
     _, outputs = smoke
     rows = rows_of((outputs["table1"] / "table1.md").read_text())
     header, body = rows[0], rows[1:]
-    assert header == ["model", "# params", "random crop", "weight decay", "train acc", "test acc", "paper train",
-                      "paper test"]
+    assert header == [
+        "model",
+        "# params",
+        "random crop",
+        "weight decay",
+        "train acc",
+        "test acc",
+        "paper train",
+        "paper test",
+    ]
     cells = {(r[0], r[2], r[3]): (r[6], r[7]) for r in body}
     assert cells[("Inception", "yes", "yes")] == ("100.0", "89.05")
     assert cells[("Inception", "no", "no")] == ("100.0", "85.75")
@@ -223,14 +251,23 @@ def test_table4_paper_values(smoke):
 def fake(model, p, seed, steps, test_acc, train_acc=0.5):
     spec = RunSpec(model=model, randomize="partial-labels", p=p, seed=seed)
     ttf = {"steps": steps, "epochs": steps / 10, "seconds": 1.0} if steps else None
-    return RunResult(spec.run_id, "fitted" if steps else "budget", spec,
-                     {"test_acc": test_acc, "train_acc": 1.0 if steps else train_acc, "time_to_fit": ttf})
+    return RunResult(
+        spec.run_id,
+        "fitted" if steps else "budget",
+        spec,
+        {"test_acc": test_acc, "train_acc": 1.0 if steps else train_acc, "time_to_fit": ttf},
+    )
 
 
 def test_slowdown_is_relative_to_the_same_seed():
-    results = [fake("mlp1x512", 0.0, 0, 100, 0.9), fake("mlp1x512", 0.0, 1, 200, 0.8),
-               fake("mlp1x512", 0.5, 0, 150, 0.5), fake("mlp1x512", 0.5, 1, 300, 0.5),
-               fake("mlp1x512", 1.0, 0, 300, 0.1), fake("mlp1x512", 1.0, 1, None, 0.1)]
+    results = [
+        fake("mlp1x512", 0.0, 0, 100, 0.9),
+        fake("mlp1x512", 0.0, 1, 200, 0.8),
+        fake("mlp1x512", 0.5, 0, 150, 0.5),
+        fake("mlp1x512", 0.5, 1, 300, 0.5),
+        fake("mlp1x512", 1.0, 0, 300, 0.1),
+        fake("mlp1x512", 1.0, 1, None, 0.1),
+    ]
     st = figure1.slowdown(results)["mlp1x512"]
     assert st["p"] == [0.0, 0.5, 1.0]
     assert st["relative"][1] == (1.5, 0.0)  # 150/100 and 300/200

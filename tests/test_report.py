@@ -14,11 +14,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
+from browser import CHROMIUM, render_in_chromium  # noqa: E402
 from rethink.errors import UserError  # noqa: E402
-from rethink.report import Figure, Output, Table, close, environment, save, to_html, to_latex, to_markdown, write_html  # noqa: E402
+from rethink.report import (  # noqa: E402
+    Figure,
+    Output,
+    Table,
+    close,
+    environment,
+    save,
+    to_html,
+    to_latex,
+    to_markdown,
+    write_html,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-from browser import CHROMIUM, render_in_chromium
 
 
 def make_output(recipe="figure1b", scale="smoke") -> Output:
@@ -32,22 +43,40 @@ def make_output(recipe="figure1b", scale="smoke") -> Output:
     tricky = Table(
         name="table1",
         header=["model", "train_acc (%)", "test acc", "notes & more"],
-        rows=[["mlp_1x512", "100.0", "52.3 ± 0.4", "lr_decay 0.95 | 50% p"],
-              ["inception_small", "99.9", "", "cost $5 #1 {a} ~x^2 back\\slash"],
-              ["alexnet", "100.0", "10.0 ± 0.1", ""]],
-        caption="Table 1 at smoke scale: lr decay 0.95 per epoch, budget 3 epochs, fit threshold 100%, eval every epoch.",
+        rows=[
+            ["mlp_1x512", "100.0", "52.3 ± 0.4", "lr_decay 0.95 | 50% p"],
+            ["inception_small", "99.9", "", "cost $5 #1 {a} ~x^2 back\\slash"],
+            ["alexnet", "100.0", "10.0 ± 0.1", ""],
+        ],
+        caption="Table 1 at smoke scale: lr decay 0.95 per epoch, budget 3 epochs, fit threshold 100%, "
+        "eval every epoch.",
         notes=["* inception_small did not converge within the budget.", "± is one standard deviation over 2 seeds."],
     )
-    plain = Table(name="summary", header=["setting", "runs"], rows=[["true labels", "2"], ["random labels", "2"]],
-                  caption="How many runs per setting.")
-    specs = [{"dataset": "digits", "model": "mlp_1x512", "randomize": "none", "seed": 0},
-             {"dataset": "digits", "model": "mlp_1x512", "randomize": "random-labels", "seed": 0}]
-    runs = [{"run_id": "abc123", "status": "fitted", "train_acc": 1.0, "test_acc": 0.5234},
-            {"run_id": "def456", "status": "budget", "train_acc": 0.87, "test_acc": None}]
-    return Output(recipe=recipe, scale=scale, tables=[tricky, plain],
-                  figures=[Figure("figure1b", f1, "Loss against steps, random labels."),
-                           Figure("bars", f2, "Test accuracy <true> vs \"random\".")],
-                  specs=specs, runs=runs)
+    plain = Table(
+        name="summary",
+        header=["setting", "runs"],
+        rows=[["true labels", "2"], ["random labels", "2"]],
+        caption="How many runs per setting.",
+    )
+    specs = [
+        {"dataset": "digits", "model": "mlp_1x512", "randomize": "none", "seed": 0},
+        {"dataset": "digits", "model": "mlp_1x512", "randomize": "random-labels", "seed": 0},
+    ]
+    runs = [
+        {"run_id": "abc123", "status": "fitted", "train_acc": 1.0, "test_acc": 0.5234},
+        {"run_id": "def456", "status": "budget", "train_acc": 0.87, "test_acc": None},
+    ]
+    return Output(
+        recipe=recipe,
+        scale=scale,
+        tables=[tricky, plain],
+        figures=[
+            Figure("figure1b", f1, "Loss against steps, random labels."),
+            Figure("bars", f2, 'Test accuracy <true> vs "random".'),
+        ],
+        specs=specs,
+        runs=runs,
+    )
 
 
 @pytest.fixture
@@ -92,8 +121,20 @@ def test_save_writes_every_file(output, tmp_path):
     out_dir = tmp_path / "out" / "figure1b"
     paths = save(output, str(out_dir), env={"rethink": "test"})
     names = sorted(os.path.basename(p) for p in paths)
-    expected = ["README.md", "bars.png", "bars.svg", "environment.json", "figure1b.png", "figure1b.svg",
-                "runs.json", "specs.json", "summary.md", "summary.tex", "table1.md", "table1.tex"]
+    expected = [
+        "README.md",
+        "bars.png",
+        "bars.svg",
+        "environment.json",
+        "figure1b.png",
+        "figure1b.svg",
+        "runs.json",
+        "specs.json",
+        "summary.md",
+        "summary.tex",
+        "table1.md",
+        "table1.tex",
+    ]
     assert names == expected
     assert sorted(os.listdir(out_dir)) == expected
     for stem in ("figure1b", "bars"):
@@ -130,9 +171,16 @@ def test_latex_table(output):
     cols = re.search(r"\\begin\{tabular\}\{([a-z|]*)\}", tex).group(1).replace("|", "")
     assert len(cols) == len(table.header) == 4
     assert cols == "lrrl"  # numeric columns align right
-    for escaped in (r"train\_acc (\%)", r"52.3 $\pm$ 0.4", r"notes \& more", r"\$5 \#1 \{a\}",
-                    r"\textasciitilde{}x\textasciicircum{}2", r"back\textbackslash{}slash", r"\caption{Table 1",
-                    r"0.95 \textbar{} 50\% p"):
+    for escaped in (
+        r"train\_acc (\%)",
+        r"52.3 $\pm$ 0.4",
+        r"notes \& more",
+        r"\$5 \#1 \{a\}",
+        r"\textasciitilde{}x\textasciicircum{}2",
+        r"back\textbackslash{}slash",
+        r"\caption{Table 1",
+        r"0.95 \textbar{} 50\% p",
+    ):
         assert escaped in tex
     assert "±" not in tex
     assert r"\footnotesize" in tex and tex.index(r"\end{tabular}") < tex.index(r"\footnotesize")
@@ -153,8 +201,19 @@ def test_unwritable_out_dir_is_a_user_error(output, tmp_path):
 
 def test_environment_lists_versions():
     env = environment()
-    for key in ("rethink", "torch", "numpy", "python", "matplotlib", "platform", "cpu_count", "device",
-                "torch_threads", "date", "git_commit"):
+    for key in (
+        "rethink",
+        "torch",
+        "numpy",
+        "python",
+        "matplotlib",
+        "platform",
+        "cpu_count",
+        "device",
+        "torch_threads",
+        "date",
+        "git_commit",
+    ):
         assert key in env
     assert env["device"] and env["cpu_count"] >= 1 and env["date"][:4].isdigit()
 
@@ -180,7 +239,7 @@ def test_html_is_self_contained(output):
     # environment table, then per output: table1 (1 + 3 rows), summary (1 + 2), runs (1 + 2)
     env_rows = len(environment())
     assert p.table_rows == [env_rows] + [4, 3, 3] * 2
-    assert '&quot;randomize&quot;: &quot;random-labels&quot;' in page  # the specs, as escaped JSON
+    assert "&quot;randomize&quot;: &quot;random-labels&quot;" in page  # the specs, as escaped JSON
     assert "<details>" in page and "abc123" in page
     assert "&lt;true&gt;" in page and "<true>" not in page
 
@@ -194,7 +253,9 @@ def test_empty_report_says_so():
 
 
 # -- a real browser -----------------------------------------------------------------------------
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"headless browser check needs {CHROMIUM} (Debian package chromium)")
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"headless browser check needs {CHROMIUM} (Debian package chromium)"
+)
 def test_html_renders_in_chromium(output, tmp_path):
     page = to_html([output], title="browser check")
     dom = render_in_chromium(page, tmp_path, expect_images=2)
@@ -208,8 +269,13 @@ def test_contents_and_captions_say_each_thing_once():
     f, ax = plt.subplots(figsize=(3, 2))
     ax.plot([0, 1], [1, 0])
     caption = "Training loss under the randomization tests."
-    out = Output("figure1a", "smoke", [Table("figure1a", ["test", "loss"], [["true labels", "1.3"]], caption)],
-                 [Figure("figure1a", f, caption)], specs=[])
+    out = Output(
+        "figure1a",
+        "smoke",
+        [Table("figure1a", ["test", "loss"], [["true labels", "1.3"]], caption)],
+        [Figure("figure1a", f, caption)],
+        specs=[],
+    )
     try:
         page = to_html([out])
     finally:
@@ -234,8 +300,30 @@ def test_report_lists_the_users_own_runs(tmp_path, capsys):
     from rethink.cli import main
 
     store, page = str(tmp_path / "s.sqlite"), tmp_path / "report.html"
-    assert main(["run", "--dataset", "digits", "--train-size", "200", "--test-size", "100", "--randomize",
-                 "partial-labels", "--p", "0.5", "--epochs", "2", "--store", store, "--quiet", "--json"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--dataset",
+                "digits",
+                "--train-size",
+                "200",
+                "--test-size",
+                "100",
+                "--randomize",
+                "partial-labels",
+                "--p",
+                "0.5",
+                "--epochs",
+                "2",
+                "--store",
+                store,
+                "--quiet",
+                "--json",
+            ]
+        )
+        == 0
+    )
     run = json.loads(capsys.readouterr().out)
     assert main(["report", "--store", store, "--out", str(page)]) == 0
     text = page.read_text()
@@ -259,8 +347,14 @@ def test_figure1a_table_agrees_with_its_curve_and_caption():
     results = []
     for test in figure1.CURVE_TESTS:
         spec = common.make_spec(proto, {}, "inception", 0, randomize=test)
-        results.append(SimpleNamespace(spec=spec, step_losses=[2.3, 2.0, 1.5, 1.3], time_to_fit=None,
-                                       summary={"train_loss": 4.02, "n_train": 150}))
+        results.append(
+            SimpleNamespace(
+                spec=spec,
+                step_losses=[2.3, 2.0, 1.5, 1.3],
+                time_to_fit=None,
+                summary={"train_loss": 4.02, "n_train": 150},
+            )
+        )
     figures, tables = figure1.render_1a(results, proto, {}, 1)
     try:
         header, row = tables[0].header, tables[0].rows[0]
@@ -282,8 +376,29 @@ def test_run_summary_and_json_give_the_corrupted_and_clean_accuracies(tmp_path, 
     from rethink.store import Store
 
     store = str(tmp_path / "s.sqlite")
-    assert main(["run", "--dataset", "digits", "--train-size", "200", "--test-size", "100", "--randomize",
-                 "partial-labels", "--p", "0.5", "--epochs", "2", "--store", store, "--json"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--dataset",
+                "digits",
+                "--train-size",
+                "200",
+                "--test-size",
+                "100",
+                "--randomize",
+                "partial-labels",
+                "--p",
+                "0.5",
+                "--epochs",
+                "2",
+                "--store",
+                store,
+                "--json",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     got = json.loads(out)
     stored = Store(store).get_run(got["run_id"])["summary"]

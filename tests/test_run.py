@@ -49,6 +49,7 @@ def test_randomization_is_drawn_once_per_run(monkeypatch):
     # training reads the fixed tensors and never changes them
     model = build_model(spec, prepared.input_shape, prepared.num_classes)
     from rethink.train.engine import train
+
     train(model, prepared.data, api.train_config(spec))
     assert torch.equal(prepared.data.x_train, before[0]) and torch.equal(prepared.data.y_train, before[1])
 
@@ -163,8 +164,9 @@ def test_every_epoch_sees_the_same_randomized_data(kind):
             return self.inner(x)
 
     from rethink.train.engine import train
+
     train(Recorder(model), prepared.data, api.train_config(spec))
-    per_epoch = [torch.cat(seen[i * 3:(i + 1) * 3]) for i in range(3)]  # 300 / 128 -> 3 steps an epoch
+    per_epoch = [torch.cat(seen[i * 3 : (i + 1) * 3]) for i in range(3)]  # 300 / 128 -> 3 steps an epoch
 
     def canonical(x):
         rows = x.reshape(len(x), -1).numpy()
@@ -181,3 +183,26 @@ def test_stop_loss_ends_a_run_as_converged():
     assert r.status == "converged"
     assert r.evals[-1]["train_loss"] <= 0.05 < min(e["train_loss"] for e in r.evals[:-1])
     assert r.evals[-1]["train_acc"] > 0.95 and r.summary["steps"] == r.evals[-1]["step"]
+
+
+DENORMAL_PROBE = "import torch; print((torch.tensor([1e-39]) * torch.tensor([1.0])).item() != 0)"
+
+
+def _denormals_kept_after(code: str) -> bool:
+    """Whether float32 denormals survive a product in a fresh process after running ``code``."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{DENORMAL_PROBE}"], capture_output=True, text=True, check=True, timeout=300
+    )
+    return out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_api_leaves_the_process_settings_alone_and_the_command_line_sets_them():
+    """rethink.run must not flush denormals (or tune malloc) behind a notebook user's back;
+    speed_settings() does it when asked, and the command line asks."""
+    run = "import rethink; rethink.run(dict(dataset='digits', train_size=200, epochs=1), store=None)"
+    assert _denormals_kept_after(run)
+    assert not _denormals_kept_after("import rethink; rethink.speed_settings()")
+    assert not _denormals_kept_after("from rethink.cli import main; main(['datasets'])")

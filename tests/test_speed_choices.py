@@ -16,8 +16,19 @@ from rethink.models import build
 from rethink.spec import RunSpec
 from rethink.train import engine, fused_mlp
 
-SPEC = RunSpec(dataset="digits", train_size=300, model="mlp1x512", lr=0.1, lr_decay=0.9, weight_decay=5e-4, epochs=20,
-               stop_on_fit=False, randomize="partial-labels", p=0.5, device="cpu")
+SPEC = RunSpec(
+    dataset="digits",
+    train_size=300,
+    model="mlp1x512",
+    lr=0.1,
+    lr_decay=0.9,
+    weight_decay=5e-4,
+    epochs=20,
+    stop_on_fit=False,
+    randomize="partial-labels",
+    p=0.5,
+    device="cpu",
+)
 
 
 def trained(spec=SPEC, **cfg):
@@ -34,8 +45,9 @@ def close(a, b, rtol, rounding_steps=0):
     np.testing.assert_allclose([e["train_loss"] for e in a.evals], [e["train_loss"] for e in b.evals], rtol=rtol)
 
 
-@pytest.mark.parametrize("spec", [SPEC, SPEC.replace(model="mlp3x512", width=0.25, momentum=0.5, epochs=10)],
-                         ids=["mlp1x512", "mlp3x128"])
+@pytest.mark.parametrize(
+    "spec", [SPEC, SPEC.replace(model="mlp3x512", width=0.25, momentum=0.5, epochs=10)], ids=["mlp1x512", "mlp3x128"]
+)
 def test_fused_mlp_step_matches_autograd_and_sgd(monkeypatch, spec):
     fused, fused_model = trained(spec)
     monkeypatch.setattr(engine, "FUSED_MLP", False)
@@ -48,11 +60,16 @@ def test_fused_mlp_step_matches_autograd_and_sgd(monkeypatch, spec):
 
 def test_fused_mlp_step_applies_to_plain_mlps_only():
     shape = (1, 8, 8)
+
     def opt(m):
         return engine.make_optimizer(m, api.train_config(SPEC))
 
-    for name, kwargs, plain in [("mlp1x512", {}, True), ("mlp3x512", {}, True), ("mlp1x512", {"dropout": 0.1}, False),
-                                ("alexnet", {"width": 0.125}, False)]:
+    for name, kwargs, plain in [
+        ("mlp1x512", {}, True),
+        ("mlp3x512", {}, True),
+        ("mlp1x512", {"dropout": 0.1}, False),
+        ("alexnet", {"width": 0.125}, False),
+    ]:
         model = build(name, shape, 10, **kwargs)
         assert (fused_mlp.fused_step(model, opt(model)) is not None) == plain, name
     model = build("mlp1x512", shape, 10)
@@ -84,6 +101,7 @@ def test_fused_sgd_matches_the_foreach_and_plain_steps(monkeypatch):
     real = engine.make_optimizer
     assert all(g["fused"] for g in real(model, api.train_config(SPEC)).param_groups)
     for kind in ("foreach", "plain"):
+
         def make(m, cfg, kind=kind):
             opt = real(m, cfg)
             for g in opt.param_groups:

@@ -15,12 +15,25 @@ import torch
 import rethink
 from rethink import api
 from rethink.cli import main
+from rethink.errors import UserError
 from rethink.spec import RunSpec, from_dict
 from rethink.store import SCHEMA_VERSION, Store
 
 SPEC = dict(dataset="digits", train_size=200, model="mlp", hidden=[32], lr=0.1, epochs=4, stop_on_fit=False)
-RUN = ["run", "--dataset", "digits", "--train-size", "200", "--model", "mlp", "--hidden", "32", "--epochs", "4",
-       "--quiet"]
+RUN = [
+    "run",
+    "--dataset",
+    "digits",
+    "--train-size",
+    "200",
+    "--model",
+    "mlp",
+    "--hidden",
+    "32",
+    "--epochs",
+    "4",
+    "--quiet",
+]
 
 # The schema of version 1 stores, as rethink wrote it before stores had an id and runs an owner.
 V1_SCHEMA = """
@@ -107,6 +120,7 @@ def interrupt_after(step):
     def progress(s, total, row):
         if s >= step:
             raise KeyboardInterrupt
+
     return progress
 
 
@@ -129,11 +143,48 @@ def test_only_an_unfinished_checkpoint_of_this_store_run_and_data_is_resumed(tmp
     path = str(tmp_path / "c.pt")
     state = {"run_id": spec.run_id, "data_checksum": "d", "store_id": "s", "epoch": 2, "result": {"steps": 4}}
     cpu = torch.device("cpu")
-    for change, resumed in [({}, True), ({"finished": True}, False), ({"finished": False}, True),
-                            ({"store_id": "other"}, False), ({"store_id": None}, False),
-                            ({"run_id": "other"}, False), ({"data_checksum": "other"}, False)]:
+    for change, resumed in [
+        ({}, True),
+        ({"finished": True}, False),
+        ({"finished": False}, True),
+        ({"store_id": "other"}, False),
+        ({"store_id": None}, False),
+        ({"run_id": "other"}, False),
+        ({"data_checksum": "other"}, False),
+    ]:
         torch.save({**state, **change}, path)
         assert (api.load_checkpoint(path, spec, "d", cpu, "s") is not None) == resumed, change
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a crafted checkpoint could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, capsys):
+    store = str(tmp_path / "s.sqlite")
+    spec, store_id = RunSpec(**SPEC), Store(store).store_id
+    marker, crafted = tmp_path / "ran", tmp_path / "s.checkpoints" / f"{spec.run_id}.pt"
+    crafted.parent.mkdir()
+    torch.save({"run_id": spec.run_id, "store_id": store_id, "epoch": 1, "payload": RunsCode(marker)}, crafted)
+    with pytest.raises(UserError) as refused:  # the store's own checkpoint, read to see whose it is
+        rethink.run(SPEC, store, checkpoint_interval=0)
+    assert f"checkpoint {crafted} is refused" in str(refused.value) and "could run code" in str(refused.value)
+    assert "system" in str(refused.value), "the message names what the file would have called"
+    with pytest.raises(UserError, match="is refused"):  # and where a run resumes from it
+        api.load_checkpoint(str(crafted), spec, "d", torch.device("cpu"), store_id)
+    assert not marker.exists(), "unpickling the checkpoint ran its code"
+    crafted.unlink()  # what the message says to do; a rethink checkpoint then resumes as ever
+    with pytest.raises(KeyboardInterrupt):
+        rethink.run(SPEC, store, checkpoint_interval=0, on_progress=interrupt_after(4))
+    capsys.readouterr()
+    assert rethink.run(SPEC, store, checkpoint_interval=0).status == "budget"
+    assert "resuming run" in capsys.readouterr().err
 
 
 def wait_for(condition, timeout=120):
@@ -160,8 +211,11 @@ def owner_of(store):
 def test_a_live_run_is_not_trained_twice_and_a_killed_one_shows_interrupted(tmp_path, capsys):
     store = str(tmp_path / "s.sqlite")
     long = ["--epochs", "100000", "--no-stop-on-fit"]  # runs until it is killed
-    other = subprocess.Popen([sys.executable, "-m", "rethink", *RUN, *long, "--store", store],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    other = subprocess.Popen(
+        [sys.executable, "-m", "rethink", *RUN, *long, "--store", store],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_for(lambda: owner_of(store) == ("running", other.pid)), "the other process claims the run"
         capsys.readouterr()
@@ -169,8 +223,10 @@ def test_a_live_run_is_not_trained_twice_and_a_killed_one_shows_interrupted(tmp_
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"process {other.pid}" in err and "kill" in err, err
         grid = tmp_path / "g.toml"
-        grid.write_text('seeds = 2\n[base]\ndataset = "digits"\ntrain_size = 200\nmodel = "mlp"\nhidden = [32]\n'
-                        'epochs = 100000\nstop_on_fit = false\n')
+        grid.write_text(
+            'seeds = 2\n[base]\ndataset = "digits"\ntrain_size = 200\nmodel = "mlp"\nhidden = [32]\n'
+            "epochs = 100000\nstop_on_fit = false\n"
+        )
         assert main(["sweep", str(grid), "--store", store, "--quiet"]) == 2
         assert f"process {other.pid}" in capsys.readouterr().err
         assert len(Store(store, readonly=True).runs()) == 1, "the sweep refused before queueing its other run"
@@ -209,12 +265,14 @@ def test_read_commands_leave_the_store_file_as_it_was(one_run_store, tmp_path, c
 
 
 def test_a_store_that_is_missing_or_a_folder_or_a_run_not_in_it(tmp_path, one_run_store, capsys):
-    for argv, says in [(["runs", "--store", str(tmp_path / "typo.sqlite")], "does not exist"),
-                       (["report", "--store", str(tmp_path / "missing" / "x.sqlite")], "does not exist"),
-                       (["export", "--store", str(tmp_path / "typo.sqlite")], "does not exist"),
-                       (["runs", "--store", str(tmp_path)], "is a folder"),
-                       ([*RUN, "--store", str(tmp_path)], "is a folder"),
-                       (["export", "--store", str(one_run_store[0] / "s.sqlite"), "--run-id", "nope"], "run nope is not in")]:
+    for argv, says in [
+        (["runs", "--store", str(tmp_path / "typo.sqlite")], "does not exist"),
+        (["report", "--store", str(tmp_path / "missing" / "x.sqlite")], "does not exist"),
+        (["export", "--store", str(tmp_path / "typo.sqlite")], "does not exist"),
+        (["runs", "--store", str(tmp_path)], "is a folder"),
+        ([*RUN, "--store", str(tmp_path)], "is a folder"),
+        (["export", "--store", str(one_run_store[0] / "s.sqlite"), "--run-id", "nope"], "run nope is not in"),
+    ]:
         capsys.readouterr()
         assert main(argv) == 2, argv
         assert says in capsys.readouterr().err
@@ -233,12 +291,18 @@ def bound_by_permissions():
         for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
             if libc.prctl(24, cap, 0, 0, 0):  # PR_CAPBSET_DROP
                 raise OSError(ctypes.get_errno(), "cannot drop a capability")
+
     return drop
 
 
 def rethink_bound(*argv):
-    return subprocess.run([sys.executable, "-m", "rethink", *argv], capture_output=True, text=True, timeout=300,
-                          preexec_fn=bound_by_permissions())
+    return subprocess.run(
+        [sys.executable, "-m", "rethink", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=bound_by_permissions(),
+    )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="drops Linux capabilities")
@@ -248,8 +312,9 @@ def test_a_read_only_store_is_read_and_a_read_only_folder_named(tmp_path):
     assert sorted(os.listdir(ro)) == ["s.checkpoints", "s.sqlite"], "a closed WAL store: no -wal, no -shm"
     os.chmod(ro / "s.sqlite", 0o666)
     os.chmod(ro, 0o555)
-    probe = subprocess.run([sys.executable, "-c", f"open({str(ro / 'x')!r}, 'w')"], capture_output=True,
-                           preexec_fn=bound_by_permissions())
+    probe = subprocess.run(
+        [sys.executable, "-c", f"open({str(ro / 'x')!r}, 'w')"], capture_output=True, preexec_fn=bound_by_permissions()
+    )
     if probe.returncode == 0:
         os.chmod(ro, 0o755)
         pytest.skip("file permissions do not bind here")

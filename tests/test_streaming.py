@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from jpeg_folder import write_jpeg_folder
 from PIL import Image
 
 import rethink
+from jpeg_folder import write_jpeg_folder
 from rethink import api
 from rethink.cli import main
 from rethink.data.streaming import load_view
@@ -17,8 +17,15 @@ from rethink.errors import UserError
 from rethink.spec import RunSpec
 from rethink.store import Store
 
-STREAM = {"stream": True, "image_size": 32, "model": "mlp1x512", "lr": 0.01, "lr_decay": 1.0, "batch_size": 8,
-          "loader_workers": 2}
+STREAM = {
+    "stream": True,
+    "image_size": 32,
+    "model": "mlp1x512",
+    "lr": 0.01,
+    "lr_decay": 1.0,
+    "batch_size": 8,
+    "loader_workers": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +39,32 @@ def strip_time(evals):
 
 def test_streaming_trains_on_the_generated_folder(folder, tmp_path, capsys):
     store = str(tmp_path / "s.sqlite")
-    args = ["run", "--dataset", f"imagefolder:{folder}", "--stream", "--image-size", "32", "--model", "mlp1x512",
-            "--lr", "0.01", "--lr-decay", "1", "--batch-size", "8", "--epochs", "6", "--augment", "crop,flip", "--loader-workers", "2",
-            "--store", store, "--json", "--quiet"]
+    args = [
+        "run",
+        "--dataset",
+        f"imagefolder:{folder}",
+        "--stream",
+        "--image-size",
+        "32",
+        "--model",
+        "mlp1x512",
+        "--lr",
+        "0.01",
+        "--lr-decay",
+        "1",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "6",
+        "--augment",
+        "crop,flip",
+        "--loader-workers",
+        "2",
+        "--store",
+        store,
+        "--json",
+        "--quiet",
+    ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_train"] == 24 and out["n_test"] == 12, "val/ is the test split"
@@ -54,8 +84,9 @@ def test_random_labels_drawn_once_fixed_and_as_in_memory(tmp_path, monkeypatch):
     real = api.randomize
     monkeypatch.setattr(api, "randomize", lambda *a, **k: calls.append(1) or real(*a, **k))
     streamed = api.prepare(spec, torch.device("cpu")).data
-    in_memory = api.prepare(RunSpec(dataset=f"imagefolder:{root}", train_size=21, randomize="random-labels"),
-                            torch.device("cpu")).data
+    in_memory = api.prepare(
+        RunSpec(dataset=f"imagefolder:{root}", train_size=21, randomize="random-labels"), torch.device("cpu")
+    ).data
     assert torch.equal(streamed.y_train, in_memory.y_train) and torch.equal(streamed.changed, in_memory.changed)
     assert streamed.changed.any() and len(streamed.train_files) == 21
     calls.clear()
@@ -65,8 +96,15 @@ def test_random_labels_drawn_once_fixed_and_as_in_memory(tmp_path, monkeypatch):
 
 
 def test_results_do_not_depend_on_the_number_of_loader_workers(folder):
-    spec = RunSpec(dataset=f"imagefolder:{folder}", randomize="partial-labels", p=0.5, epochs=3, stop_on_fit=False,
-                   augment=("crop", "flip"), **STREAM)
+    spec = RunSpec(
+        dataset=f"imagefolder:{folder}",
+        randomize="partial-labels",
+        p=0.5,
+        epochs=3,
+        stop_on_fit=False,
+        augment=("crop", "flip"),
+        **STREAM,
+    )
     a = rethink.run(spec, store=None)
     b = rethink.run(spec.replace(loader_workers=0), store=None)
     assert a.run_id == b.run_id, "the worker count is not part of the run's identity"
@@ -88,14 +126,17 @@ def test_inception_pipeline_views(folder):
     assert min(w, h) < 90, "assorted sizes are cropped and resized to one"
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--dataset", "digits", "--stream"], "--stream reads image folders"),
-    (["--stream", "--randomize", "gaussian"], "needs the images in memory"),
-    (["--stream", "--augment", "color"], "--augment color is not available with --stream"),
-    (["--stream", "--crop", "24"], "with --stream images are cropped to --image-size"),
-    (["--image-size", "64"], "applies only to streamed image folders"),
-    (["--stream", "--loader-workers", "-1"], "--loader-workers -1 must be 0 or more"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--dataset", "digits", "--stream"], "--stream reads image folders"),
+        (["--stream", "--randomize", "gaussian"], "needs the images in memory"),
+        (["--stream", "--augment", "color"], "--augment color is not available with --stream"),
+        (["--stream", "--crop", "24"], "with --stream images are cropped to --image-size"),
+        (["--image-size", "64"], "applies only to streamed image folders"),
+        (["--stream", "--loader-workers", "-1"], "--loader-workers -1 must be 0 or more"),
+    ],
+)
 def test_stream_spec_mistakes(folder, tmp_path, capsys, flags, message):
     base = ["run", "--dataset", f"imagefolder:{folder}", "--store", str(tmp_path / "s.sqlite"), "--quiet"]
     assert main(base + flags) == 2
@@ -111,8 +152,24 @@ def test_archive_and_unreadable_image_are_one_line_errors(folder, tmp_path, caps
     broken = write_jpeg_folder(tmp_path / "broken")
     bad = next((broken / "val").rglob("*.JPEG"))
     bad.write_bytes(b"not a jpeg")
-    assert main(["run", "--dataset", f"imagefolder:{broken}", "--stream", "--image-size", "32", "--loader-workers",
-                 "2", "--store", str(tmp_path / "s.sqlite"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--dataset",
+                f"imagefolder:{broken}",
+                "--stream",
+                "--image-size",
+                "32",
+                "--loader-workers",
+                "2",
+                "--store",
+                str(tmp_path / "s.sqlite"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(bad) in err and "unreadable image" in err
 
@@ -120,6 +177,7 @@ def test_archive_and_unreadable_image_are_one_line_errors(folder, tmp_path, caps
 def test_inception_v3_without_torchvision_names_the_extra(tmp_path, capsys):
     try:
         import torchvision  # noqa: F401
+
         pytest.skip("torchvision is installed here; tests/test_imagenet.py covers the model")
     except ImportError:
         pass

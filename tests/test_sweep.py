@@ -14,8 +14,9 @@ import torch
 
 from rethink.cli import main
 from rethink.errors import UserError
+from rethink.executors import worker_threads
 from rethink.store import SCHEMA_VERSION, Store
-from rethink.sweep import expand, load_grid, run_sweep, worker_threads
+from rethink.sweep import expand, load_grid, run_sweep
 
 GRID = """
 seeds = 2
@@ -58,8 +59,14 @@ def reference(grid_file, tmp_path_factory):
 
 
 def test_expand_products_seeds_and_duplicates():
-    specs = expand({"dataset": "digits"}, [{"randomize": "partial-labels", "p": [0.0, 0.5], "augment": [[], ["crop"]]},
-                                           {"randomize": ["gaussian", "gaussian"]}], seeds=[0, 3])
+    specs = expand(
+        {"dataset": "digits"},
+        [
+            {"randomize": "partial-labels", "p": [0.0, 0.5], "augment": [[], ["crop"]]},
+            {"randomize": ["gaussian", "gaussian"]},
+        ],
+        seeds=[0, 3],
+    )
     assert len(specs) == 2 * 2 * 2 + 2
     assert {s.seed for s in specs} == {0, 3}
     assert {s.augment for s in specs} == {(), ("crop",)}
@@ -82,8 +89,8 @@ def test_grid_file_errors(tmp_path):
 
 @contextmanager
 def torch_threads(n: int):
-    """Run with ``n`` torch threads: on some CPUs (an AVX2 EPYC here) a different thread count
-    rounds differently, so results compare bitwise only at the same count."""
+    """Run with ``n`` torch threads: on some CPUs a different thread count rounds differently, so
+    results compare bitwise only at the same count."""
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -118,7 +125,9 @@ def test_killed_sweep_resumes_to_the_same_results(reference, grid_file, tmp_path
         if os.path.exists(store):
             try:
                 with sqlite3.connect(store, timeout=1) as db:
-                    finished = db.execute("SELECT count(*) FROM runs WHERE status IN ('fitted', 'budget')").fetchone()[0]
+                    finished = db.execute("SELECT count(*) FROM runs WHERE status IN ('fitted', 'budget')").fetchone()[
+                        0
+                    ]
             except sqlite3.OperationalError:
                 continue
             if finished >= 2:
@@ -152,9 +161,25 @@ def test_process_workers_end_with_a_killed_driver(tmp_path):
     grid = tmp_path / "long.toml"
     grid.write_text(GRID.replace("epochs = 60", "epochs = 5000"))  # minutes of training per run
     exe = os.path.join(os.path.dirname(sys.executable), "rethink")
-    proc = subprocess.Popen([exe, "sweep", str(grid), "--store", str(tmp_path / "w.sqlite"), "--executor", "process",
-                             "--workers", "2", "--checkpoint-interval", "0", "--quiet", "--no-batch"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "sweep",
+            str(grid),
+            "--store",
+            str(tmp_path / "w.sqlite"),
+            "--executor",
+            "process",
+            "--workers",
+            "2",
+            "--checkpoint-interval",
+            "0",
+            "--quiet",
+            "--no-batch",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpts = tmp_path / "w.checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(os.listdir(ckpts) if ckpts.exists() else []) < 2:
@@ -183,6 +208,7 @@ def test_sweep_cli_json(grid_file, tmp_path, capsys):
     store = str(tmp_path / "c.sqlite")
     assert main(["sweep", grid_file, "--store", store, "--json", "--quiet"]) == 0
     import json
+
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 6 and {o["spec"]["p"] for o in out} == {0.0, 0.5, 1.0}
     assert main(["sweep", str(tmp_path / "missing.toml"), "--store", store]) == 2
@@ -192,20 +218,45 @@ def test_sweep_cli_json(grid_file, tmp_path, capsys):
     assert "does not exist" in err and "unknown executor 'slurm'" in err and "--workers 0" in err
 
 
+def test_executors_are_named_in_one_registry_and_ray_is_imported_only_to_run(tmp_path):
+    with pytest.raises(
+        UserError,
+        match=r"^unknown executor 'proces'; did you mean 'process'\? "
+        r"choose one of: local, process, ray$",
+    ):
+        run_sweep([], str(tmp_path / "s.sqlite"), executor="proces")
+    assert not (tmp_path / "s.sqlite").exists(), "the name is checked before the store is opened"
+    code = (
+        "import sys, rethink.sweep; from rethink.executors import EXECUTORS; "
+        "print(EXECUTORS.names(), 'ray' in sys.modules, 'rethink.ray_executor' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['local', 'process', 'ray'] False False"
+
+
 def test_sweep_compiles_the_runs_that_train_alone(tmp_path, capsys):
     grid = tmp_path / "small.toml"
-    grid.write_text(GRID.replace("seeds = 2", "seeds = 1").replace("epochs = 60", "epochs = 2")
-                    .replace("p = [0.0, 0.5, 1.0]", "p = [0.0, 1.0]"))
+    grid.write_text(
+        GRID.replace("seeds = 2", "seeds = 1")
+        .replace("epochs = 60", "epochs = 2")
+        .replace("p = [0.0, 0.5, 1.0]", "p = [0.0, 1.0]")
+    )
     alone = str(tmp_path / "alone.sqlite")
     assert main(["sweep", str(grid), "--compile", "--no-batch", "--store", alone, "--json", "--quiet"]) == 0
     import json
+
     out = json.loads(capsys.readouterr().out)
     assert [(o["compiled"], o["models_in_batch"]) for o in out] == [(True, 1), (True, 1)]
     assert {r["summary"]["compiled"] for r in Store(alone).runs()} == {True}  # as stored
     batched = run_sweep(load_grid(str(grid)), str(tmp_path / "batched.sqlite"), compile=True, progress=False)
     assert [(r.summary["compiled"], r.summary["models_in_batch"]) for r in batched] == [(False, 2), (False, 2)]
-    chosen = run_sweep(load_grid(str(grid)), str(tmp_path / "chosen.sqlite"), compile=lambda spec: spec.p == 1.0,
-                       batch=False, progress=False)  # the recipes' way: the protocol names the models
+    chosen = run_sweep(
+        load_grid(str(grid)),
+        str(tmp_path / "chosen.sqlite"),
+        compile=lambda spec: spec.p == 1.0,
+        batch=False,
+        progress=False,
+    )  # the recipes' way: the protocol names the models
     assert [(r.spec.p, r.summary["compiled"]) for r in chosen] == [(0.0, False), (1.0, True)]
 
 
@@ -231,8 +282,11 @@ def test_a_store_being_created_by_another_process_opens(tmp_path, monkeypatch):
                 other.join(timeout=3)  # finishes unless this opener's read holds the file
             return super().execute(sql, *args)
 
-    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: connect(*a, factory=Racing, **k)
-                        if other.ident is None else connect(*a, **k))
+    monkeypatch.setattr(
+        sqlite3,
+        "connect",
+        lambda *a, **k: connect(*a, factory=Racing, **k) if other.ident is None else connect(*a, **k),
+    )
     Store(path).close()
     other.join()
     assert not failures
@@ -254,15 +308,17 @@ def test_two_processes_opening_new_stores_together_both_open_them(tmp_path):
     """SQLite refuses at once, without waiting, a switch to WAL mode while another process switches
     the same new file; before the store waited out that refusal, about one open in six failed here."""
     start = str(time.time() + 3)
-    children = [subprocess.Popen([sys.executable, "-c", _OPEN_STORES, str(tmp_path), start], stderr=subprocess.PIPE,
-                                 text=True) for _ in range(2)]
+    children = [
+        subprocess.Popen([sys.executable, "-c", _OPEN_STORES, str(tmp_path), start], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     errors = [c.communicate(timeout=120)[1] for c in children]
     assert [c.returncode for c in children] == [0, 0], "\n".join(errors)
 
 
 # -- progress within a batch, and batches split across workers ------------------------------------
 def _jobs(specs):
-    from rethink.sweep import Job
+    from rethink.executors import Job
 
     return [Job(s, None, 60.0, False) for s in specs]
 
@@ -273,8 +329,11 @@ def test_plan_gives_every_worker_a_batch():
     from rethink.batching import GroupJob, plan
     from rethink.spec import RunSpec
 
-    specs = [RunSpec(dataset="digits", model="mlp1x512", randomize="partial-labels", p=p, seed=s)
-             for p in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 0.1, 0.3) for s in (0, 1)]
+    specs = [
+        RunSpec(dataset="digits", model="mlp1x512", randomize="partial-labels", p=p, seed=s)
+        for p in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 0.1, 0.3)
+        for s in (0, 1)
+    ]
     jobs = _jobs(specs)
     (whole,) = plan(jobs)
     assert isinstance(whole, GroupJob) and len(whole.jobs) == 16
@@ -292,16 +351,27 @@ def test_progress_is_reported_within_a_batch():
     """The bar moves before a batch ends: a group reports its step and its runs as they end (here
     the p = 0 run fits long before p = 1), in this process and across worker processes."""
     from rethink.batching import plan
+    from rethink.executors import LocalExecutor, ProcessExecutor, job_key
     from rethink.spec import RunSpec
-    from rethink.sweep import LocalExecutor, ProcessExecutor, job_key
 
-    specs = [RunSpec(dataset="digits", model="mlp1x512", train_size=150, lr=0.1, lr_decay=1.0, epochs=100,
-                     randomize="partial-labels", p=p) for p in (0.0, 1.0)]
+    specs = [
+        RunSpec(
+            dataset="digits",
+            model="mlp1x512",
+            train_size=150,
+            lr=0.1,
+            lr_decay=1.0,
+            epochs=100,
+            randomize="partial-labels",
+            p=p,
+        )
+        for p in (0.0, 1.0)
+    ]
     for executor in (LocalExecutor(), ProcessExecutor(1)):
         (group,) = plan(_jobs(specs))
         seen = []
         try:
-            results = list(executor.run([group], on_progress=lambda *msg: seen.append(msg)))
+            results = list(executor.run([group], on_progress=lambda *msg, seen=seen: seen.append(msg)))
         finally:
             executor.close()
         (out,) = results

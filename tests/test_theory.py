@@ -17,8 +17,9 @@ from rethink.theory import construct, evaluate, expressivity, one_hot, predict, 
 from rethink.theory.rademacher import rademacher
 
 U = 2.0**-53
-FASHION = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                             reason="dataset-fashion-mnist is not installed")
+FASHION = pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist is not installed"
+)
 
 
 @st.composite
@@ -243,12 +244,36 @@ def test_verify_and_predict_take_labels_or_one_hot_and_predict_integers():
 
 @FASHION
 def test_construct_cli_json(capsys):
-    assert main(["construct", "--dataset", "fashion-mnist", "--train-size", "3000", "--test-size", "500",
-                 "--randomize", "random-labels", "--json"]) == 0
+    assert (
+        main(
+            [
+                "construct",
+                "--dataset",
+                "fashion-mnist",
+                "--train-size",
+                "3000",
+                "--test-size",
+                "500",
+                "--randomize",
+                "random-labels",
+                "--json",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     out = json.loads(captured.out)
-    for key in ("n", "d", "num_params", "fit_fraction", "max_residual", "min_gap", "seconds", "verify_seconds",
-                "test_acc"):
+    for key in (
+        "n",
+        "d",
+        "num_params",
+        "fit_fraction",
+        "max_residual",
+        "min_gap",
+        "seconds",
+        "verify_seconds",
+        "test_acc",
+    ):
         assert key in out
     assert out["n"] == 3000 and out["d"] == 784 and out["num_params"] == 2 * 3000 + 784
     assert out["fit_fraction"] == 1.0 and out["max_residual"] < 1e-4 and 0 <= out["test_acc"] < 0.3
@@ -266,14 +291,37 @@ def test_construct_cli_one_hot_depth_and_errors(capsys):
 def test_rademacher_theorem1_is_exactly_one_and_training_is_a_lower_bound(capsys):
     r = rademacher({"dataset": "digits", "train_size": 300, "model": "theorem1"}, draws=3)
     assert r.values == [1.0, 1.0, 1.0] and r.statuses == ["constructed"] * 3
-    spec = {"dataset": "digits", "train_size": 200, "test_size": 50, "hidden": (16,), "model": "mlp", "epochs": 2,
-            "lr": 0.05, "lr_decay": 1.0}
+    spec = {
+        "dataset": "digits",
+        "train_size": 200,
+        "test_size": 50,
+        "hidden": (16,),
+        "model": "mlp",
+        "epochs": 2,
+        "lr": 0.05,
+        "lr_decay": 1.0,
+    }
     r = rademacher(spec, draws=2)
     assert len(r.values) == 2 and all(-1 <= v <= 1 for v in r.values) and r.num_params == 64 * 16 + 16 + 16 * 2 + 2
     assert r.values[0] < 1.0  # two epochs of a 16-unit MLP do not fit random labels
     with pytest.raises(UserError, match="does nothing here"):
         rademacher({**spec, "randomize": "random-labels"})
-    assert main(["rademacher", "--dataset", "digits", "--train-size", "100", "--model", "theorem1", "--draws", "2",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "rademacher",
+                "--dataset",
+                "digits",
+                "--train-size",
+                "100",
+                "--model",
+                "theorem1",
+                "--draws",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["mean"] == 1.0 and out["std"] == 0.0 and out["draws"] == 2

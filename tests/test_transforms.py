@@ -5,7 +5,15 @@ import math
 import numpy as np
 import torch
 
-from rethink.data.transforms import augment, center_crop, preprocess, random_color, random_crop, random_flip, standardize
+from rethink.data.transforms import (
+    augment,
+    center_crop,
+    preprocess,
+    random_color,
+    random_crop,
+    random_flip,
+    standardize,
+)
 
 
 def test_standardize_is_tensorflow_per_image_standardization():
@@ -35,7 +43,7 @@ def test_center_crop_offsets_and_preprocess():
 
 def windows(x, size):
     n, c, h, w = x.shape
-    return {(t, l): x[..., t:t + size, l:l + size] for t in range(h - size + 1) for l in range(w - size + 1)}
+    return {(t, s): x[..., t : t + size, s : s + size] for t in range(h - size + 1) for s in range(w - size + 1)}
 
 
 def test_random_crop_takes_windows_of_the_originals():
@@ -44,7 +52,7 @@ def test_random_crop_takes_windows_of_the_originals():
     assert out.shape == (64, 3, 28, 28)
     seen = set()
     for i in range(64):
-        match = [k for k, v in windows(x[i:i + 1], 28).items() if torch.equal(v[0], out[i])]
+        match = [k for k, v in windows(x[i : i + 1], 28).items() if torch.equal(v[0], out[i])]
         assert match, "every crop is a window of its own original"
         seen.add(match[0])
     assert len(seen) > 10, "windows vary across images"

@@ -44,8 +44,7 @@ def write_mnist(folder: Path, rng, n_train=12, n_test=6, gz=True, label_offset=0
     return arrays
 
 
-CIFAR_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
-               b"dog", b"frog", b"horse", b"ship", b"truck"]
+CIFAR_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
 
 
 def cifar_batch(rng, n=4, label="training batch"):
@@ -62,15 +61,13 @@ def write_cifar(root: Path, rng, n=4, batches=None, meta=True) -> dict:
     """``root/cifar-10-batches-py`` with the five data batches, test_batch and batches.meta."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
-    batches = batches or {name: cifar_batch(rng, n) for name in
-                          [*formats.CIFAR_TRAIN_FILES, "test_batch"]}
+    batches = batches or {name: cifar_batch(rng, n) for name in [*formats.CIFAR_TRAIN_FILES, "test_batch"]}
     for name, obj in batches.items():
         with open(folder / name, "wb") as f:
             pickle.dump(obj, f, protocol=2)
     if meta:
         with open(folder / "batches.meta", "wb") as f:
-            pickle.dump({b"num_cases_per_batch": n, b"label_names": CIFAR_NAMES,
-                         b"num_vis": 3072}, f, protocol=2)
+            pickle.dump({b"num_cases_per_batch": n, b"label_names": CIFAR_NAMES, b"num_vis": 3072}, f, protocol=2)
     return batches
 
 
@@ -82,20 +79,46 @@ def tar_folder(folder: Path, tar_path: Path, arcname: str) -> Path:
 
 def py2_cifar_pickle(data: np.ndarray, labels: list[int]) -> bytes:
     """A batch pickle byte for byte as Python 2 + numpy 1.x wrote it (str opcodes, numpy.core)."""
+
     def s(b: bytes) -> bytes:  # SHORT_BINSTRING, Python 2's str
         return b"U" + bytes([len(b)]) + b
+
     n = len(data)
     array = (
-        b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + b"K\x00\x85" + s(b"b")
+        b"cnumpy.core.multiarray\n_reconstruct\n"
+        + b"cnumpy\nndarray\n"
+        + b"K\x00\x85"
+        + s(b"b")
         + b"\x87R"  # _reconstruct(ndarray, (0,), 'b')
-        + b"(K\x01" + b"M" + struct.pack("<H", n) + b"M" + struct.pack("<H", 3072) + b"\x86"
-        + b"cnumpy\ndtype\n" + s(b"u1") + b"K\x00K\x01\x87R"
-        + b"(K\x03" + s(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"  # dtype state
-        + b"\x89" + b"T" + struct.pack("<I", data.size) + data.tobytes() + b"tb"  # array state
+        + b"(K\x01"
+        + b"M"
+        + struct.pack("<H", n)
+        + b"M"
+        + struct.pack("<H", 3072)
+        + b"\x86"
+        + b"cnumpy\ndtype\n"
+        + s(b"u1")
+        + b"K\x00K\x01\x87R"
+        + b"(K\x03"
+        + s(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"  # dtype state
+        + b"\x89"
+        + b"T"
+        + struct.pack("<I", data.size)
+        + data.tobytes()
+        + b"tb"  # array state
     )
     label_list = b"](" + b"".join(b"K" + bytes([v]) for v in labels) + b"e"
-    return (b"\x80\x02}(" + s(b"data") + array + s(b"labels") + label_list
-            + s(b"batch_label") + s(b"testing batch 1 of 1") + b"u.")
+    return (
+        b"\x80\x02}("
+        + s(b"data")
+        + array
+        + s(b"labels")
+        + label_list
+        + s(b"batch_label")
+        + s(b"testing batch 1 of 1")
+        + b"u."
+    )
 
 
 def png_bytes(arr: np.ndarray, fmt="PNG", **kw) -> bytes:

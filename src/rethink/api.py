@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import pickle
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -18,16 +19,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import __version__, distributed
+from . import distributed
 from .data import load_dataset, subset
 from .data.randomize import randomize
 from .data.transforms import preprocess
-from .errors import UserError
+from .errors import UserError, make_folder
 from .models import build, num_params
 from .seeding import generator, torch_seed
 from .spec import FIELD_NAMES, RunSpec, from_dict
-from .store import Store
+from .store import METRICS, Store
 from .train.engine import TrainConfig, TrainData, train
+from .version import __version__
 
 DEFAULT_STORE = os.path.join("runs", "rethink.sqlite")
 FINISHED = ("fitted", "converged", "budget", "diverged")
@@ -57,16 +59,40 @@ class RunResult:
 
     def to_json(self) -> dict:
         """The object ``rethink run --json`` prints."""
-        keys = ("num_params", "train_acc", "test_acc", "time_to_fit", "train_loss", "test_loss", "steps",
-                "epochs", "train_seconds", "best_test_acc", "n_train", "n_test", "device", "models_in_batch",
-                "compiled", "replaced_fraction", "changed_fraction", "corrupted_acc_noisy", "corrupted_acc_true",
-                "clean_acc")
-        return {"run_id": self.run_id, "status": self.status, **{k: self.summary.get(k) for k in keys},
-                "cached": self.cached, "spec": self.spec.to_dict()}
+        keys = (
+            "num_params",
+            "train_acc",
+            "test_acc",
+            "time_to_fit",
+            "train_loss",
+            "test_loss",
+            "steps",
+            "epochs",
+            "train_seconds",
+            "best_test_acc",
+            "n_train",
+            "n_test",
+            "device",
+            "models_in_batch",
+            "compiled",
+            "replaced_fraction",
+            "changed_fraction",
+            "corrupted_acc_noisy",
+            "corrupted_acc_true",
+            "clean_acc",
+        )
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            **{k: self.summary.get(k) for k in keys},
+            "cached": self.cached,
+            "spec": self.spec.to_dict(),
+        }
 
 
 @functools.lru_cache(maxsize=4)
-def _load(name: str, data_dir: str | None):
+def cached_dataset(name: str, data_dir: str | None):
+    """:func:`rethink.data.load_dataset`, kept for the next runs of the same data in this process."""
     return load_dataset(name, data_dir)
 
 
@@ -76,15 +102,16 @@ def _source(spec: RunSpec):
         from .data.streaming import index_folder
 
         return index_folder(spec.dataset, spec.data_dir)
-    return _load(spec.dataset, spec.data_dir)
+    return cached_dataset(spec.dataset, spec.data_dir)
 
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the checkout this package runs from, if it is one."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -138,16 +165,38 @@ def prepare(spec: RunSpec, device: torch.device) -> Prepared:
     """Load, subset, randomize (once, from the run's seed) and preprocess the data onto ``device``."""
     ds = _source(spec)
     ds = subset(ds, spec.train_size, spec.test_size, generator(spec.seed, "subset"), training=True)
-    r = randomize(spec.randomize, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes,
-                  generator(spec.seed, "randomize"), p=spec.p, test_labels=spec.test_labels,
-                  test_inputs=spec.test_inputs)
+    r = randomize(
+        spec.randomize,
+        ds.x_train,
+        ds.y_train,
+        ds.x_test,
+        ds.y_test,
+        ds.num_classes,
+        generator(spec.seed, "randomize"),
+        p=spec.p,
+        test_labels=spec.test_labels,
+        test_inputs=spec.test_inputs,
+    )
     if spec.stream:  # images are decoded as they are read; only file lists and labels are held
         from .data.streaming import streaming_data
 
-        data = streaming_data(ds, r, device, image_size=spec.image_size, standardize_images=spec.preprocess == "standard",
-                              workers=spec.loader_workers, eval_batch_size=spec.batch_size)
-        return Prepared(data, ds, (3, spec.image_size, spec.image_size), ds.num_classes,
-                        float(r.replaced.mean()), float(r.changed.mean()))
+        data = streaming_data(
+            ds,
+            r,
+            device,
+            image_size=spec.image_size,
+            standardize_images=spec.preprocess == "standard",
+            workers=spec.loader_workers,
+            eval_batch_size=spec.batch_size,
+        )
+        return Prepared(
+            data,
+            ds,
+            (3, spec.image_size, spec.image_size),
+            ds.num_classes,
+            float(r.replaced.mean()),
+            float(r.changed.mean()),
+        )
     crop = resolve_crop(spec.crop, ds.x_train.shape[-1])
     std = spec.preprocess == "standard"
 
@@ -156,12 +205,19 @@ def prepare(spec: RunSpec, device: torch.device) -> Prepared:
 
     raw_train = tensor(r.x_train)
     data = TrainData(
-        x_train=preprocess(raw_train, crop, std), y_train=tensor(r.y_train, torch.long),
-        x_test=preprocess(tensor(r.x_test), crop, std), y_test=tensor(r.y_test, torch.long),
-        y_train_true=tensor(r.y_train_true, torch.long), changed=tensor(r.changed, torch.bool),
-        x_train_raw=raw_train if spec.augment else None, crop=crop, standardize=std)
-    return Prepared(data, ds, tuple(data.x_train.shape[1:]), ds.num_classes,
-                    float(r.replaced.mean()), float(r.changed.mean()))
+        x_train=preprocess(raw_train, crop, std),
+        y_train=tensor(r.y_train, torch.long),
+        x_test=preprocess(tensor(r.x_test), crop, std),
+        y_test=tensor(r.y_test, torch.long),
+        y_train_true=tensor(r.y_train_true, torch.long),
+        changed=tensor(r.changed, torch.bool),
+        x_train_raw=raw_train if spec.augment else None,
+        crop=crop,
+        standardize=std,
+    )
+    return Prepared(
+        data, ds, tuple(data.x_train.shape[1:]), ds.num_classes, float(r.replaced.mean()), float(r.changed.mean())
+    )
 
 
 def build_model(spec: RunSpec, input_shape, num_classes: int) -> torch.nn.Module:
@@ -179,12 +235,16 @@ def build_model(spec: RunSpec, input_shape, num_classes: int) -> torch.nn.Module
 
 def train_config(spec: RunSpec) -> TrainConfig:
     """The engine's settings: the spec's fields of the same names, with the learning rate resolved."""
-    shared = {f.name: getattr(spec, f.name) for f in dataclasses.fields(TrainConfig)
-              if f.name in FIELD_NAMES and f.name != "lr"}
+    shared = {
+        f.name: getattr(spec, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name in FIELD_NAMES and f.name != "lr"
+    }
     return TrainConfig(lr=spec.resolved_lr, **shared)
 
 
-def _warn(msg: str) -> None:
+def warn(msg: str) -> None:
+    """One ``rethink:`` line on stderr: something the user should know that does not stop the run."""
     print(f"rethink: {msg}", file=sys.stderr)
 
 
@@ -193,8 +253,15 @@ def load_result(db: Store, run_id: str) -> RunResult | None:
     row = db.get_run(run_id)
     if row is None:
         return None
-    return RunResult(run_id, row["status"], from_dict(row["spec"]), row["summary"] or {}, db.evals(run_id),
-                     db.step_losses(run_id), cached=True)
+    return RunResult(
+        run_id,
+        row["status"],
+        from_dict(row["spec"]),
+        row["summary"] or {},
+        db.evals(run_id),
+        db.step_losses(run_id),
+        cached=True,
+    )
 
 
 def lookup(db: Store | None, spec: RunSpec) -> RunResult | None:
@@ -204,12 +271,17 @@ def lookup(db: Store | None, spec: RunSpec) -> RunResult | None:
     if not previous or previous["status"] not in FINISHED:
         return None
     checksum = _source(spec).checksum
-    changed = [f"{what} {old} -> {new}" for what, old, new in (
-        ("package version", previous["package_version"], __version__),
-        ("git commit", previous["git_commit"], git_commit()),
-        ("data checksum", previous["data_checksum"], checksum)) if old != new]
+    changed = [
+        f"{what} {old} -> {new}"
+        for what, old, new in (
+            ("package version", previous["package_version"], __version__),
+            ("git commit", previous["git_commit"], git_commit()),
+            ("data checksum", previous["data_checksum"], checksum),
+        )
+        if old != new
+    ]
     if changed:
-        _warn(f"run {spec.run_id} was stored with a different {', '.join(changed)}; pass --force to run it again")
+        warn(f"run {spec.run_id} was stored with a different {', '.join(changed)}; pass --force to run it again")
     return load_result(db, spec.run_id)
 
 
@@ -223,24 +295,37 @@ def checkpoint_file(db: Store, spec: RunSpec, checkpoint_dir: str | None) -> str
     folder (:func:`checkpoint_dir_of`). A checkpoint of the run that another store left in a shared
     ``checkpoint_dir`` is kept: this store's goes beside it, named with this store's id."""
     folder = checkpoint_dir or checkpoint_dir_of(db.path)
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create checkpoint folder {folder} ({e.strerror}); "
-                        "pass --checkpoint-dir with a writable path") from None
+    make_folder(folder, "checkpoint folder", "--checkpoint-dir")
     path = os.path.join(folder, f"{spec.run_id}.pt")
     if os.path.exists(path) and _store_of(path) != db.store_id:
         own = os.path.join(folder, f"{spec.run_id}.{db.store_id}.pt")
         if not os.path.exists(own):
-            _warn(f"checkpoint {path} belongs to another store; run {spec.run_id} starts afresh and checkpoints "
-                  f"to {own}")
+            warn(
+                f"checkpoint {path} belongs to another store; run {spec.run_id} starts afresh and checkpoints to {own}"
+            )
         return own
     return path
 
 
 def _store_of(checkpoint: str) -> str | None:
     """The id of the store a checkpoint belongs to (its tensors are mapped, not read)."""
-    return torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get("store_id")
+    return read_checkpoint(checkpoint, "cpu", mmap=True).get("store_id")
+
+
+def read_checkpoint(path: str, device: torch.device | str, mmap: bool = False) -> dict:
+    """A checkpoint's contents, unpickled by torch's ``weights_only`` loader, which builds tensors,
+    numbers, strings and containers only: a crafted file cannot run code here. Anything else (or a
+    file that is no checkpoint) is a :class:`UserError`."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
+        raise UserError(
+            f"checkpoint {path} is refused: it holds something other than tensors, numbers and strings, "
+            f"which could run code when loaded ({reason.rstrip('.')}); rethink did not write it: delete it "
+            "and run again (the run starts afresh)"
+        ) from None
 
 
 def execute(
@@ -273,46 +358,72 @@ def execute(
     if on_start:
         on_start()
     cfg = dataclasses.replace(train_config(spec), compile=compile)
-    result = train(model, prepared.data, cfg, checkpoint_path=checkpoint_path, resume=state,
-                   on_progress=on_progress, checkpoint_extra={"run_id": spec.run_id, "data_checksum": checksum,
-                                                                "store_id": store_id},
-                   checkpoint_interval=checkpoint_interval)
+    result = train(
+        model,
+        prepared.data,
+        cfg,
+        checkpoint_path=checkpoint_path,
+        resume=state,
+        on_progress=on_progress,
+        checkpoint_extra={"run_id": spec.run_id, "data_checksum": checksum, "store_id": store_id},
+        checkpoint_interval=checkpoint_interval,
+    )
     return summarize(spec, prepared, model, cfg, result, device)
 
 
-def load_checkpoint(path: str | None, spec: RunSpec, checksum: str, device: torch.device,
-                    store_id: str | None = None) -> dict | None:
+def load_checkpoint(
+    path: str | None, spec: RunSpec, checksum: str, device: torch.device, store_id: str | None = None
+) -> dict | None:
     """The checkpoint at ``path`` if it is one to resume: of this store, this run and this data,
     written before the run ended. A finished run's last checkpoint is not: resuming it would copy
     its end (status, time to fit) instead of training."""
     if not path or not os.path.exists(path):
         return None
-    state = torch.load(path, map_location=device, weights_only=False)
-    if (state.get("store_id"), state.get("run_id"), state.get("data_checksum")) != (store_id, spec.run_id, checksum) \
-            or state.get("finished"):
+    state = read_checkpoint(path, device)
+    if (state.get("store_id"), state.get("run_id"), state.get("data_checksum")) != (
+        store_id,
+        spec.run_id,
+        checksum,
+    ) or state.get("finished"):
         return None
-    _warn(f"resuming run {spec.run_id} from its checkpoint at step {state['result']['steps']}")
+    warn(f"resuming run {spec.run_id} from its checkpoint at step {state['result']['steps']}")
     return state
 
 
-def summarize(spec: RunSpec, prepared: Prepared, model: torch.nn.Module, cfg: TrainConfig, result,
-              device: torch.device, models_in_batch: int = 1) -> RunResult:
+def summarize(
+    spec: RunSpec,
+    prepared: Prepared,
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    result,
+    device: torch.device,
+    models_in_batch: int = 1,
+) -> RunResult:
     """A trained run's :class:`RunResult`: the engine's result and a summary of the run.
     ``models_in_batch``: how many models trained together in one batch (1: alone)."""
     checksum = prepared.dataset.checksum
     last = result.evals[-1] if result.evals else {}
     summary = {
-        **{k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc",
-                                    "corrupted_acc_noisy", "corrupted_acc_true", "clean_acc")},
+        **{k: last.get(k) for k in METRICS},
         "best_test_acc": max((e["test_acc"] for e in result.evals), default=None),
-        "time_to_fit": result.time_to_fit, "steps": result.steps, "epochs": result.epochs,
-        "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
-        "checkpoint_step": result.checkpoint_step, "num_params": num_params(model),
+        "time_to_fit": result.time_to_fit,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "train_seconds": result.train_seconds,
+        "eval_seconds": result.eval_seconds,
+        "checkpoint_step": result.checkpoint_step,
+        "num_params": num_params(model),
         "n_train": len(prepared.data.y_train),
-        "n_test": len(prepared.data.y_test), "num_classes": prepared.num_classes,
-        "input_shape": list(prepared.input_shape), "replaced_fraction": prepared.replaced_fraction,
-        "changed_fraction": prepared.changed_fraction, "lr": spec.resolved_lr, "device": str(device),
-        "data_checksum": checksum, "models_in_batch": models_in_batch, "compiled": cfg.compile,
+        "n_test": len(prepared.data.y_test),
+        "num_classes": prepared.num_classes,
+        "input_shape": list(prepared.input_shape),
+        "replaced_fraction": prepared.replaced_fraction,
+        "changed_fraction": prepared.changed_fraction,
+        "lr": spec.resolved_lr,
+        "device": str(device),
+        "data_checksum": checksum,
+        "models_in_batch": models_in_batch,
+        "compiled": cfg.compile,
         "precision": "bf16 autocast" if cfg.bf16 and device.type == "cuda" else "float32",
         **({"test_top5": last["test_top5"]} if "test_top5" in last else {}),
     }
@@ -323,18 +434,29 @@ def start(db: Store, specs: RunSpec | list[RunSpec], status: str = "running") ->
     """Mark the specs' runs as running (or queued) in the store, owned by this process; refuses
     (UserError) if another live process on this machine trains one of them."""
     specs = [specs] if isinstance(specs, RunSpec) else specs
-    elsewhere = db.start_runs([(s.run_id, s.to_dict()) for s in specs], status=status,
-                              package_version=__version__, git_commit=git_commit())
+    elsewhere = db.start_runs(
+        [(s.run_id, s.to_dict()) for s in specs], status=status, package_version=__version__, git_commit=git_commit()
+    )
     for o in elsewhere:
-        _warn(f"run {o['run_id']} is marked running by process {o['owner_pid']} on {o['owner_host']}, which this "
-              "machine cannot check; if that process still runs, both train it")
+        warn(
+            f"run {o['run_id']} is marked running by process {o['owner_pid']} on {o['owner_host']}, which this "
+            "machine cannot check; if that process still runs, both train it"
+        )
 
 
 def record(db: Store, result: RunResult) -> None:
     """Write a finished (or interrupted) run's status, summary and metrics in one transaction."""
     s = result.summary
-    db.finish_run(result.run_id, result.status, s, result.evals, result.step_losses,
-                  data_checksum=s.get("data_checksum"), device=s.get("device"), num_params=s.get("num_params"))
+    db.finish_run(
+        result.run_id,
+        result.status,
+        s,
+        result.evals,
+        result.step_losses,
+        data_checksum=s.get("data_checksum"),
+        device=s.get("device"),
+        num_params=s.get("num_params"),
+    )
 
 
 def run(
@@ -359,16 +481,30 @@ def run(
     spec = spec if isinstance(spec, RunSpec) else from_dict(spec)
     if isinstance(store, (str, os.PathLike)):  # a store this call opens, it closes (its WAL files go with it)
         with contextlib.closing(Store(store)) as db:
-            return run(spec, db, force=force, checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
-                       on_progress=on_progress, compile=compile)
+            return run(
+                spec,
+                db,
+                force=force,
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_interval=checkpoint_interval,
+                on_progress=on_progress,
+                compile=compile,
+            )
     db = store
     if not force and (stored := lookup(db, spec)) is not None:
         return stored
     ckpt = checkpoint_file(db, spec, checkpoint_dir) if db is not None and checkpoint_interval is not None else None
     writer = db if distributed.rank() == 0 else None  # under torchrun, rank 0 alone writes the store
-    result = execute(spec, ckpt, checkpoint_interval=checkpoint_interval or 0.0, resume=not force,
-                     on_progress=on_progress, on_start=(lambda: start(writer, spec)) if writer is not None else None,
-                     compile=compile, store_id=db.store_id if db is not None else None)
+    result = execute(
+        spec,
+        ckpt,
+        checkpoint_interval=checkpoint_interval or 0.0,
+        resume=not force,
+        on_progress=on_progress,
+        on_start=(lambda: start(writer, spec)) if writer is not None else None,
+        compile=compile,
+        store_id=db.store_id if db is not None else None,
+    )
     if writer is not None:
         record(writer, result)
     if result.status == "interrupted":

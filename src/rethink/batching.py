@@ -47,7 +47,7 @@ MLP_SHAPE = ("model", "hidden", "width")
 
 @dataclass
 class GroupJob:
-    """Sweep jobs (:class:`rethink.sweep.Job`) that train as one batch."""
+    """Sweep jobs (:class:`rethink.executors.Job`) that train as one batch."""
 
     jobs: list
 
@@ -95,8 +95,9 @@ def plan(jobs: list, parts: int = 1) -> list:
             chunk = members[i : i + MAX_MODELS]
             # one shape: group_key has sized its step already; MLPs of several widths: the padded one
             shapes = list(dict.fromkeys(_shape_only(j.spec) for j in chunk))
-            planned.extend([GroupJob(chunk)] if len(chunk) > 1 and (len(shapes) == 1 or small_enough(shapes))
-                           else chunk)
+            planned.extend(
+                [GroupJob(chunk)] if len(chunk) > 1 and (len(shapes) == 1 or small_enough(shapes)) else chunk
+            )
     while len(planned) < parts:
         largest = max((j for j in planned if isinstance(j, GroupJob)), key=lambda g: len(g.jobs), default=None)
         if largest is None:
@@ -110,7 +111,7 @@ def plan(jobs: list, parts: int = 1) -> list:
 
 def _input(spec: RunSpec) -> tuple:
     """The spec's input shape (after the crop) and number of classes."""
-    ds = api._load(spec.dataset, spec.data_dir)
+    ds = api.cached_dataset(spec.dataset, spec.data_dir)
     c, h, w = ds.x_train.shape[1:]
     crop = api.resolve_crop(spec.crop, w)
     return ((c, crop, crop) if crop else (c, h, w)), ds.num_classes
@@ -160,13 +161,25 @@ def execute_group(group: GroupJob, on_progress=None) -> list[api.RunResult]:
         p = api.prepare(job.spec, device)
         model = api.build_model(job.spec, p.input_shape, p.num_classes).to(device)
         checksum = p.dataset.checksum
-        state = (api.load_checkpoint(job.checkpoint_path, job.spec, checksum, device, job.store_id)
-                 if job.resume else None)
-        members.append(Member(model, p.data, api.train_config(job.spec), job.checkpoint_path, state,
-                              {"run_id": job.spec.run_id, "data_checksum": checksum, "store_id": job.store_id}))
+        state = (
+            api.load_checkpoint(job.checkpoint_path, job.spec, checksum, device, job.store_id) if job.resume else None
+        )
+        members.append(
+            Member(
+                model,
+                p.data,
+                api.train_config(job.spec),
+                job.checkpoint_path,
+                state,
+                {"run_id": job.spec.run_id, "data_checksum": checksum, "store_id": job.store_id},
+            )
+        )
         prepared.append(p)
     template = _template([m.model for m in members], prepared[0].input_shape, prepared[0].num_classes)
-    results = train_batched(members, template=template, checkpoint_interval=group.jobs[0].checkpoint_interval,
-                            on_progress=on_progress)
-    return [api.summarize(s, p, m.model, m.cfg, r, device, models_in_batch=len(members))
-            for s, p, m, r in zip(specs, prepared, members, results)]
+    results = train_batched(
+        members, template=template, checkpoint_interval=group.jobs[0].checkpoint_interval, on_progress=on_progress
+    )
+    return [
+        api.summarize(s, p, m.model, m.cfg, r, device, models_in_batch=len(members))
+        for s, p, m, r in zip(specs, prepared, members, results)
+    ]

@@ -42,20 +42,32 @@ def demo(out: str = "demo-out", store: str | None = None) -> list:
     rows = []
     for name, r in results:
         ttf = r.time_to_fit
-        rows.append([name, r.status, f"{100 * r.train_acc:.1f}", f"{100 * r.test_acc:.1f}",
-                     f"{ttf['epochs']:.0f}" if ttf else "-", f"{ttf['steps']}" if ttf else "-",
-                     f"{ttf['seconds']:.1f}" if ttf else "-"])
+        rows.append(
+            [
+                name,
+                r.status,
+                f"{100 * r.train_acc:.1f}",
+                f"{100 * r.test_acc:.1f}",
+                f"{ttf['epochs']:.0f}" if ttf else "-",
+                f"{ttf['steps']}" if ttf else "-",
+                f"{ttf['seconds']:.1f}" if ttf else "-",
+            ]
+        )
     header = ["test", "status", "train acc %", "test acc %", "epochs to fit", "steps to fit", "seconds to fit"]
     table = _markdown(rows, header)
-    caption = (f"digits ({results[0][1].summary['n_train']} train / {results[0][1].summary['n_test']} test images, 8x8), "
-               f"MLP 1x512, SGD momentum 0.9, batch 128, lr 0.1 constant, stop at 100% training accuracy "
-               f"(checked every epoch), seed 0.")
+    caption = (
+        f"digits ({results[0][1].summary['n_train']} train / {results[0][1].summary['n_test']} test images, 8x8), "
+        f"MLP 1x512, SGD momentum 0.9, batch 128, lr 0.1 constant, stop at 100% training accuracy "
+        f"(checked every epoch), seed 0."
+    )
     with open(os.path.join(out, "demo.md"), "w") as f:
         f.write(f"# rethink demo\n\n{caption}\n\n{table}\n")
     png = plot_demo(results, os.path.join(out, "demo.png"), caption)
     print(table, file=sys.stderr)
-    print(f"\n{caption}\nwrote {os.path.join(out, 'demo.md')}, {png} and {store} "
-          f"in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    print(
+        f"\n{caption}\nwrote {os.path.join(out, 'demo.md')}, {png} and {store} in {time.perf_counter() - t0:.0f} s",
+        file=sys.stderr,
+    )
     return results
 
 
@@ -67,8 +79,13 @@ def _markdown(rows, header) -> str:
 
 # Each learning curve's look: true labels and shuffled pixels (and random pixels and Gaussian)
 # fall on top of each other on digits, so every curve gets its own line style and marker.
-CURVE_STYLES = {"true labels": ("-", "o"), "random-labels": ("--", "s"), "shuffled-pixels": (":", "^"),
-                "random-pixels": ("-.", "D"), "gaussian": ((0, (6, 2, 1, 2, 1, 2)), "v")}
+CURVE_STYLES = {
+    "true labels": ("-", "o"),
+    "random-labels": ("--", "s"),
+    "shuffled-pixels": (":", "^"),
+    "random-pixels": ("-.", "D"),
+    "gaussian": ((0, (6, 2, 1, 2, 1, 2)), "v"),
+}
 
 
 def smooth(values, window: int):
@@ -97,16 +114,30 @@ def demo_figure(results, caption: str):
         losses = np.asarray(r.step_losses)
         steps = np.arange(1, len(losses) + 1)
         ls, marker = CURVE_STYLES[name]
-        raw, = a.plot(steps, losses, lw=0.6, alpha=0.3)
+        (raw,) = a.plot(steps, losses, lw=0.6, alpha=0.3)
         # smoothed over one epoch of steps; markers spaced along the drawn line, offset per curve
         per_epoch = math.ceil(r.summary["n_train"] / r.spec.batch_size)
-        a.plot(steps, smooth(losses, per_epoch), color=raw.get_color(), ls=ls, lw=1.6, marker=marker, ms=5,
-               markevery=(0.02 + 0.015 * k, 0.12), label=name)
+        a.plot(
+            steps,
+            smooth(losses, per_epoch),
+            color=raw.get_color(),
+            ls=ls,
+            lw=1.6,
+            marker=marker,
+            ms=5,
+            markevery=(0.02 + 0.015 * k, 0.12),
+            label=name,
+        )
     a.set_xscale("log")
     a.set(xlabel="step (log scale)", ylabel="training loss", title="(a) learning curves")
     a.set_ylim(0, 1.45 * a.get_ylim()[1])  # room above the curves for the legend
-    a.legend(fontsize=8, loc="upper right", ncol=2, title="faint: each step; bold: mean over an epoch's steps",
-             title_fontsize=7)
+    a.legend(
+        fontsize=8,
+        loc="upper right",
+        ncol=2,
+        title="faint: each step; bold: mean over an epoch's steps",
+        title_fontsize=7,
+    )
     by_p = {0.0: results[0][1], 1.0: results[1][1]}
     by_p.update({r.spec.p: r for name, r in results if name.startswith("partial")})
     ps = sorted(by_p)

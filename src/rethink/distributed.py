@@ -68,9 +68,11 @@ def check_batches(n: int, batch_size: int) -> None:
     """Under torchrun, every global batch (the last one too) needs one example per rank."""
     smallest = min(batch_size, n % batch_size or batch_size)
     if smallest < world_size():
-        raise UserError(f"{n} training examples in batches of {batch_size} leave a batch of {smallest} for "
-                        f"{world_size()} processes; every batch needs one example per process, change "
-                        "--batch-size or --train-size")
+        raise UserError(
+            f"{n} training examples in batches of {batch_size} leave a batch of {smallest} for "
+            f"{world_size()} processes; every batch needs one example per process, change "
+            "--batch-size or --train-size"
+        )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -13,6 +12,8 @@ from dataclasses import dataclass, fields
 from .data.randomize import KINDS
 from .data.transforms import AUGMENTATIONS
 from .errors import UserError
+from .flags import option
+from .registry import unknown_name
 
 # Learning rates of the paper (Appendix A): 0.1 for the Inceptions, 0.01 for AlexNet and MLPs.
 DEFAULT_LR = {"inception": 0.1, "inception-nobn": 0.1, "inception-v3": 0.1}
@@ -30,43 +31,67 @@ LIST_FIELDS = ("augment", "hidden")
 
 @dataclass(frozen=True)
 class RunSpec:
+    """Each field is a flag of ``rethink run`` (see flags.py) and a key of spec files."""
+
     # data
-    dataset: str = "digits"
-    data_dir: str | None = None
-    train_size: int | None = None
-    test_size: int | None = None
-    preprocess: str = "standard"  # "standard" (crop + per-image standardization) or "none"
-    crop: str | int = "auto"  # "auto" (32 -> 28, else none), "none", or a side length
-    stream: bool = False  # image folders: decode files as they stream (data that do not fit in memory)
-    image_size: int = 299  # --stream: the side of the network's input (Inception V3's pipeline)
+    dataset: str = option(
+        "digits", "digits (embedded), fashion-mnist, mnist, cifar10, imagefolder, imagefolder:PATH or npz:PATH"
+    )
+    data_dir: str | None = option(
+        None, "where the dataset's files are (else $RETHINK_DATA/<name>, else /usr/share/datasets/<name>)"
+    )
+    train_size: int | None = option(None, "a seeded, class-stratified subset of the training set (default: all)")
+    test_size: int | None = option(None, "a seeded, class-stratified subset of the test set (default: all)")
+    preprocess: str = option(
+        "standard", "standard (centre crop + per-image standardization) or none (pixels in [0, 1])"
+    )
+    crop: str | int = option("auto", "centre crop: auto (32 -> 28, else none), none, or a side length")
+    stream: bool = option(
+        False,
+        "image folders too large for memory (ImageNet): decode images as they are read, "
+        "with the Inception V3 input pipeline at --image-size",
+    )
+    image_size: int = option(
+        299, "with --stream: side of the network's input; images are cropped and resized to it (Inception V3: 299)"
+    )
     # randomization
-    randomize: str = "none"
-    p: float = 0.0
-    test_labels: str = "clean"  # or "corrupted"
-    test_inputs: str = "randomized"  # or "clean" (pixel and gaussian tests)
+    randomize: str = option("none", "none, partial-labels, random-labels, shuffled-pixels, random-pixels or gaussian")
+    p: float = option(0.0, "label corruption probability for partial-labels")
+    test_labels: str = option("clean", "clean (the paper) or corrupted (test labels corrupted with the same p)")
+    test_inputs: str = option(
+        "randomized", "pixel/gaussian tests: randomized (test images treated like training images) or clean"
+    )
     # model
-    model: str = "mlp1x512"
-    hidden: tuple[int, ...] | None = None  # for the generic "mlp"
-    width: float = 1.0
-    dropout: float = 0.0
+    model: str = option("mlp1x512", "a registered model (see 'rethink models') or package.module:factory")
+    hidden: tuple[int, ...] | None = option(None, "hidden layer widths for --model mlp, e.g. 512,512")
+    width: float = option(1.0, "width multiplier for narrower or wider models")
+    dropout: float = option(0.0, "dropout probability")
     # optimizer and schedule
-    lr: float | None = None  # None: the paper's default for the model
-    lr_decay: float = 0.95
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    epochs: int = 100
-    max_steps: int | None = None
-    augment: tuple[str, ...] = ()
+    lr: float | None = option(None, "initial learning rate (default: the paper's, 0.1 for Inception, 0.01 otherwise)")
+    lr_decay: float = option(0.95, "learning rate factor after every epoch (paper: 0.95; 1 keeps it constant)")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(0.0, "L2 weight decay on weights (not biases)")
+    batch_size: int = option(128, "mini-batch size")
+    epochs: int = option(100, "epoch budget")
+    max_steps: int | None = option(None, "step budget (whichever of epochs and steps ends first)")
+    augment: tuple[str, ...] = option(
+        (),
+        "comma list of crop, flip, color (batched on the device); crop takes random "
+        "windows of the cropped size (32x32 -> 28x28); images without a crop (8x8 "
+        "digits, 28x28 MNIST) are zero-padded by an eighth of their side (at least 1 "
+        "pixel) first, so crop shifts them by up to that many pixels",
+    )
     # measurement and stopping
-    eval_every: int | None = None  # steps; None: once per epoch
-    fit_threshold: float = 1.0
-    stop_on_fit: bool = True
-    stop_loss: float | None = None  # end when the full training loss falls to this ("converged")
+    eval_every: int | None = option(None, "evaluate every N steps (default: once per epoch)")
+    fit_threshold: float = option(1.0, "training accuracy that counts as fitted")
+    stop_on_fit: bool = option(True, "train to the budget even after fitting (time to fit is still recorded)")
+    stop_loss: float | None = option(
+        None, "end the run when the full training loss falls to this value (status converged)"
+    )
     # execution
-    seed: int = 0
-    device: str = "auto"
-    loader_workers: int = 4  # --stream: DataLoader processes decoding images (0: in the training process)
+    seed: int = option(0, "one seed for data randomization, subset, initialization, batch order and augmentation")
+    device: str = option("auto", "auto, cpu or cuda")
+    loader_workers: int = option(4, "with --stream: DataLoader processes decoding images (0: in the training process)")
 
     def __post_init__(self):
         _validate(self)
@@ -81,8 +106,11 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         """A stable hash over every field that can change the results."""
-        d = {k: v for k, v in self.to_dict().items()
-             if k not in NOT_HASHED and not (k in HASHED_IF_SET and v == HASHED_IF_SET[k])}
+        d = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in NOT_HASHED and not (k in HASHED_IF_SET and v == HASHED_IF_SET[k])
+        }
         if d["lr"] is None:
             d["lr"] = self.resolved_lr
         d["augment"] = sorted(d["augment"])
@@ -93,7 +121,7 @@ class RunSpec:
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR.get(self.model, FALLBACK_LR)
 
-    def replace(self, **changes) -> "RunSpec":
+    def replace(self, **changes) -> RunSpec:
         return from_dict({**self.to_dict(), **changes})
 
 
@@ -111,11 +139,8 @@ def _finite(spec, name):
 
 
 def _choice(spec, name, options):
-    v = getattr(spec, name)
-    if v not in options:
-        near = difflib.get_close_matches(str(v), options, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise UserError(f"{_flag(name)} {v!r} is not valid{hint}; choose one of {', '.join(options)}")
+    if getattr(spec, name) not in options:
+        raise UserError(unknown_name(_flag(name), getattr(spec, name), options))
 
 
 def _validate(s: RunSpec) -> None:
@@ -128,7 +153,9 @@ def _validate(s: RunSpec) -> None:
     if not 0.0 <= s.p <= 1.0:
         raise UserError(f"--p {s.p} is outside [0, 1]; give a corruption probability such as --p 0.5")
     if s.p and s.randomize != "partial-labels":
-        raise UserError(f"--p {s.p} only applies to --randomize partial-labels; drop --p or set --randomize partial-labels")
+        raise UserError(
+            f"--p {s.p} only applies to --randomize partial-labels; drop --p or set --randomize partial-labels"
+        )
     if s.lr is not None and s.lr <= 0:
         raise UserError(f"--lr {s.lr} must be positive; the paper uses 0.01 (0.1 for Inception)")
     if not 0 < s.lr_decay <= 1:
@@ -177,21 +204,28 @@ def _validate_stream(s: RunSpec) -> None:
         raise UserError(f"--loader-workers {s.loader_workers} must be 0 or more")
     if not s.stream:
         if s.image_size != HASHED_IF_SET["image_size"]:
-            raise UserError(f"--image-size {s.image_size} applies only to streamed image folders; add --stream or drop it")
+            raise UserError(
+                f"--image-size {s.image_size} applies only to streamed image folders; add --stream or drop it"
+            )
         return
     if s.dataset.partition(":")[0].strip().lower().replace("_", "-") not in ("imagefolder", "image-folder"):
         raise UserError(f"--stream reads image folders, not {s.dataset!r}; use --dataset imagefolder:PATH")
     if s.randomize not in STREAM_RANDOMIZE:
-        raise UserError(f"--randomize {s.randomize} needs the images in memory; with --stream use "
-                        f"{', '.join(STREAM_RANDOMIZE)}, or drop --stream")
+        raise UserError(
+            f"--randomize {s.randomize} needs the images in memory; with --stream use "
+            f"{', '.join(STREAM_RANDOMIZE)}, or drop --stream"
+        )
     for a in s.augment:
         if a not in STREAM_AUGMENT:
-            raise UserError(f"--augment {a} is not available with --stream; use {','.join(STREAM_AUGMENT)} or drop --stream")
+            raise UserError(
+                f"--augment {a} is not available with --stream; use {','.join(STREAM_AUGMENT)} or drop --stream"
+            )
     if s.crop != "auto":
         raise UserError(f"--crop {s.crop} applies to in-memory data; with --stream images are cropped to --image-size")
 
 
 # -- construction from plain values (CLI flags, TOML, JSON) ------------------------------------
+
 
 def _coerce(name: str, value):
     """Turn a flag/TOML value into the field's type, with a clear error for the wrong kind."""
@@ -238,10 +272,7 @@ def from_dict(values: dict) -> RunSpec:
     """Build a spec from plain values; unknown keys are errors naming the nearest valid key."""
     unknown = [k for k in values if k not in FIELD_NAMES]
     if unknown:
-        k = unknown[0]
-        near = difflib.get_close_matches(k, FIELD_NAMES, n=1)
-        hint = f"did you mean {near[0]!r}? " if near else ""
-        raise UserError(f"unknown spec key {k!r}; {hint}valid keys are {', '.join(FIELD_NAMES)}")
+        raise UserError(unknown_name("spec key", unknown[0], FIELD_NAMES))
     return RunSpec(**{k: _coerce(k, v) for k, v in values.items()})
 
 

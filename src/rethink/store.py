@@ -19,13 +19,25 @@ import time
 import uuid
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, make_folder
 
 SCHEMA_VERSION = 2  # 2: the meta table (store id) and the owner of a running run
-EVAL_COLUMNS = ("step", "epoch", "seconds", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                "corrupted_acc_noisy", "corrupted_acc_true", "clean_acc")
-RUN_COLUMNS = ("run_id", "status", "spec", "summary", "created", "updated", "package_version",
-               "git_commit", "data_checksum", "device", "num_params")
+# An evaluation's metrics (rethink.train.engine.evaluate), stored after its place and time.
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "corrupted_acc_noisy", "corrupted_acc_true", "clean_acc")
+EVAL_COLUMNS = ("step", "epoch", "seconds", "lr", *METRICS)
+RUN_COLUMNS = (
+    "run_id",
+    "status",
+    "spec",
+    "summary",
+    "created",
+    "updated",
+    "package_version",
+    "git_commit",
+    "data_checksum",
+    "device",
+    "num_params",
+)
 OWNER_COLUMNS = ("owner_pid", "owner_host", "owner_started")  # the process that trains a running run
 ACTIVE = ("running", "queued")
 
@@ -47,8 +59,9 @@ CREATE TABLE IF NOT EXISTS steps (
     step INTEGER NOT NULL, loss REAL, PRIMARY KEY (run_id, step)) WITHOUT ROWID;
 """
 # From each older schema version to the next (CREATE TABLE IF NOT EXISTS adds the new tables).
-_MIGRATIONS = {1: [f"ALTER TABLE runs ADD COLUMN {c} {t}"
-                   for c, t in zip(OWNER_COLUMNS, ("INTEGER", "TEXT", "INTEGER"))]}
+_MIGRATIONS = {
+    1: [f"ALTER TABLE runs ADD COLUMN {c} {t}" for c, t in zip(OWNER_COLUMNS, ("INTEGER", "TEXT", "INTEGER"))]
+}
 
 
 class Store:
@@ -60,15 +73,14 @@ class Store:
         self.path = str(path)
         folder = os.path.dirname(os.path.abspath(self.path))
         if os.path.isdir(self.path):
-            raise UserError(f"--store {self.path} is a folder; pass the path of a store file in it, "
-                            f"e.g. {os.path.join(self.path, 'rethink.sqlite')}")
+            raise UserError(
+                f"--store {self.path} is a folder; pass the path of a store file in it, "
+                f"e.g. {os.path.join(self.path, 'rethink.sqlite')}"
+            )
         if readonly:
             self._open_readonly()
             return
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create the store's folder {folder} ({e.strerror}); pass --store with a writable path") from None
+        make_folder(folder, "the store's folder", "--store")
         if os.path.exists(self.path) and not os.access(self.path, os.W_OK):
             raise UserError(f"store {self.path} is not writable; fix its permissions or pass another --store")
         try:
@@ -85,12 +97,15 @@ class Store:
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.OperationalError as e:
             if not os.access(folder, os.W_OK):  # SQLite writes its journal (-wal, -shm) beside the store
-                raise UserError(f"cannot write the store {self.path}: its folder {folder} is not writable and SQLite "
-                                "keeps its journal beside the store; make the folder writable or pass another --store"
-                                ) from None
+                raise UserError(
+                    f"cannot write the store {self.path}: its folder {folder} is not writable and SQLite "
+                    "keeps its journal beside the store; make the folder writable or pass another --store"
+                ) from None
             raise UserError(f"cannot write the store {self.path} ({e}); pass --store with a writable path") from None
         except sqlite3.DatabaseError as e:
-            raise UserError(f"store {self.path} is not a rethink SQLite store ({e}); pass another --store or move the file away") from None
+            raise UserError(
+                f"store {self.path} is not a rethink SQLite store ({e}); pass another --store or move the file away"
+            ) from None
         self.version = SCHEMA_VERSION
         self.store_id = self._store_id()
 
@@ -98,8 +113,10 @@ class Store:
         """Open with ``mode=ro``, which still sees other processes' writes; in a folder where SQLite
         cannot create a WAL store's shared-memory file, as ``immutable=1`` (nothing can write there)."""
         if not os.path.exists(self.path):
-            raise UserError(f"store {self.path} does not exist; pass --store with the file that 'rethink run' or "
-                            "'rethink sweep' wrote")
+            raise UserError(
+                f"store {self.path} does not exist; pass --store with the file that 'rethink run' or "
+                "'rethink sweep' wrote"
+            )
         uri = Path(os.path.abspath(self.path)).as_uri()
         try:
             try:
@@ -114,8 +131,9 @@ class Store:
                 with _Transaction(self.db, "BEGIN"):
                     self.version = self._check_schema()
         except sqlite3.OperationalError as e:
-            raise UserError(f"cannot read the store {self.path} ({e}); check its permissions or pass another --store"
-                            ) from None
+            raise UserError(
+                f"cannot read the store {self.path} ({e}); check its permissions or pass another --store"
+            ) from None
         except sqlite3.DatabaseError as e:
             raise UserError(f"store {self.path} is not a rethink SQLite store ({e}); pass another --store") from None
         if not self.version:
@@ -144,8 +162,10 @@ class Store:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if tables and version != SCHEMA_VERSION and version not in _MIGRATIONS:
-            raise UserError(f"store {self.path} has schema version {version}, this rethink reads version {SCHEMA_VERSION}; "
-                            "use a store written by this version or pass another --store")
+            raise UserError(
+                f"store {self.path} has schema version {version}, this rethink reads version {SCHEMA_VERSION}; "
+                "use a store written by this version or pass another --store"
+            )
         return version if tables else 0
 
     def _store_id(self) -> str:
@@ -167,8 +187,9 @@ class Store:
         busy, elsewhere = [], []
         with self.transaction():  # the check and the claim in one write transaction: no other claim between them
             for run_id, _ in runs:
-                row = self.db.execute(f"SELECT status, {', '.join(OWNER_COLUMNS)} FROM runs WHERE run_id = ?",
-                                      (run_id,)).fetchone()
+                row = self.db.execute(
+                    f"SELECT status, {', '.join(OWNER_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,)
+                ).fetchone()
                 owner = dict(zip(OWNER_COLUMNS, row[1:])) if row and row[0] in ACTIVE and row[1] is not None else None
                 if owner is None or tuple(owner.values()) == me:
                     continue
@@ -177,25 +198,40 @@ class Store:
             if busy:
                 b = busy[0]
                 more = f" (and {len(busy) - 1} more of these runs)" if len(busy) > 1 else ""
-                raise UserError(f"run {b['run_id']}{more} is being trained by process {b['owner_pid']} on this machine "
-                                f"({b['owner_host']}) in store {self.path}; wait for it to end, or stop it (kill "
-                                f"{b['owner_pid']}) and run the same command again to resume")
+                raise UserError(
+                    f"run {b['run_id']}{more} is being trained by process {b['owner_pid']} on this machine "
+                    f"({b['owner_host']}) in store {self.path}; wait for it to end, or stop it (kill "
+                    f"{b['owner_pid']}) and run the same command again to resume"
+                )
             self.db.executemany(
                 "INSERT INTO runs (run_id, status, spec, created, updated, package_version, git_commit, owner_pid,"
                 " owner_host, owner_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET"
                 " status=excluded.status, updated=excluded.updated, package_version=excluded.package_version,"
                 " git_commit=excluded.git_commit, owner_pid=excluded.owner_pid, owner_host=excluded.owner_host,"
                 " owner_started=excluded.owner_started",
-                [(run_id, status, json.dumps(spec, sort_keys=True), now, now, info.get("package_version"),
-                  info.get("git_commit"), *me) for run_id, spec in runs])
+                [
+                    (
+                        run_id,
+                        status,
+                        json.dumps(spec, sort_keys=True),
+                        now,
+                        now,
+                        info.get("package_version"),
+                        info.get("git_commit"),
+                        *me,
+                    )
+                    for run_id, spec in runs
+                ],
+            )
         return elsewhere
 
     def start_run(self, run_id: str, spec: dict, status: str = "running", **info) -> list[dict]:
         """:meth:`start_runs` for one run."""
         return self.start_runs([(run_id, spec)], status, **info)
 
-    def finish_run(self, run_id: str, status: str, summary: dict, evals: list[dict], step_losses: list[float],
-                   **info) -> None:
+    def finish_run(
+        self, run_id: str, status: str, summary: dict, evals: list[dict], step_losses: list[float], **info
+    ) -> None:
         """Write a run's status, summary, all its metrics and ``info`` (data_checksum, device,
         num_params) in one transaction."""
         with self.transaction():
@@ -203,20 +239,33 @@ class Store:
             self.db.execute("DELETE FROM steps WHERE run_id = ?", (run_id,))
             self.db.executemany(
                 f"INSERT INTO evals (run_id, {', '.join(EVAL_COLUMNS)}) VALUES (?{', ?' * len(EVAL_COLUMNS)})",
-                [(run_id, *(row.get(c) for c in EVAL_COLUMNS)) for row in evals])
-            self.db.executemany("INSERT INTO steps (run_id, step, loss) VALUES (?, ?, ?)",
-                                [(run_id, i + 1, _finite_or_none(v)) for i, v in enumerate(step_losses)])
-            self.db.execute("UPDATE runs SET status = ?, summary = ?, updated = ?, data_checksum = ?, device = ?,"
-                            " num_params = ? WHERE run_id = ?",
-                            (status, json.dumps(summary, sort_keys=True), time.time(), info.get("data_checksum"),
-                             info.get("device"), info.get("num_params"), run_id))
+                [(run_id, *(row.get(c) for c in EVAL_COLUMNS)) for row in evals],
+            )
+            self.db.executemany(
+                "INSERT INTO steps (run_id, step, loss) VALUES (?, ?, ?)",
+                [(run_id, i + 1, _finite_or_none(v)) for i, v in enumerate(step_losses)],
+            )
+            self.db.execute(
+                "UPDATE runs SET status = ?, summary = ?, updated = ?, data_checksum = ?, device = ?,"
+                " num_params = ? WHERE run_id = ?",
+                (
+                    status,
+                    json.dumps(summary, sort_keys=True),
+                    time.time(),
+                    info.get("data_checksum"),
+                    info.get("device"),
+                    info.get("num_params"),
+                    run_id,
+                ),
+            )
 
     def record_recipe(self, name: str, scale: str, options: dict, run_ids: list[str]) -> None:
         """Remember which runs make up a recipe's output, so that a report can rebuild it."""
         with self.transaction():
-            self.db.execute("INSERT OR REPLACE INTO recipes (name, scale, options, run_ids, created)"
-                            " VALUES (?, ?, ?, ?, ?)", (name, scale, json.dumps(options, sort_keys=True),
-                                                        json.dumps(run_ids), time.time()))
+            self.db.execute(
+                "INSERT OR REPLACE INTO recipes (name, scale, options, run_ids, created) VALUES (?, ?, ?, ?, ?)",
+                (name, scale, json.dumps(options, sort_keys=True), json.dumps(run_ids), time.time()),
+            )
 
     # -- reads --------------------------------------------------------------------------------
     def get_run(self, run_id: str) -> dict | None:
@@ -229,8 +278,9 @@ class Store:
     def runs(self, status: str | None = None) -> list[dict]:
         """Every run's row (as :meth:`get_run`), oldest first; ``status``: only those stored with it."""
         q = f"SELECT {self._columns} FROM runs"
-        rows = self.db.execute(q + (" WHERE status = ?" if status else "") + " ORDER BY created",
-                               (status,) if status else ()).fetchall()
+        rows = self.db.execute(
+            q + (" WHERE status = ?" if status else "") + " ORDER BY created", (status,) if status else ()
+        ).fetchall()
         return [_run_row(r) for r in rows]
 
     @property
@@ -238,8 +288,9 @@ class Store:
         return ", ".join(RUN_COLUMNS + (OWNER_COLUMNS if self.version >= 2 else ()))
 
     def evals(self, run_id: str) -> list[dict]:
-        rows = self.db.execute(f"SELECT {', '.join(EVAL_COLUMNS)} FROM evals WHERE run_id = ? ORDER BY step",
-                               (run_id,)).fetchall()
+        rows = self.db.execute(
+            f"SELECT {', '.join(EVAL_COLUMNS)} FROM evals WHERE run_id = ? ORDER BY step", (run_id,)
+        ).fetchall()
         return [dict(zip(EVAL_COLUMNS, r)) for r in rows]
 
     def step_losses(self, run_id: str) -> list[float]:
@@ -248,16 +299,19 @@ class Store:
 
     def recipes(self) -> list[dict]:
         rows = self.db.execute("SELECT name, scale, options, run_ids, created FROM recipes ORDER BY created").fetchall()
-        return [{"name": n, "scale": sc, "options": json.loads(o), "run_ids": json.loads(r), "created": c}
-                for n, sc, o, r, c in rows]
+        return [
+            {"name": n, "scale": sc, "options": json.loads(o), "run_ids": json.loads(r), "created": c}
+            for n, sc, o, r, c in rows
+        ]
 
     def export_csv(self, path: str, what: str = "evals", run_ids: list[str] | None = None) -> int:
         """Write evaluations (or per-step losses, or the runs table) as CSV; returns the row count."""
         known = [r["run_id"] for r in self.runs()]
         missing = [rid for rid in run_ids or () if rid not in known]
         if missing:
-            raise UserError(f"run {missing[0]} is not in the store {self.path}; 'rethink runs --store {self.path}' "
-                            "lists its runs")
+            raise UserError(
+                f"run {missing[0]} is not in the store {self.path}; 'rethink runs --store {self.path}' lists its runs"
+            )
         ids = run_ids or known
         wanted = set(ids)
         try:
@@ -271,8 +325,17 @@ class Store:
             w.writerow(["run_id", "status", "created", "num_params", "data_checksum", "spec", "summary"])
             for r in self.runs():
                 if r["run_id"] in wanted:
-                    w.writerow([r["run_id"], r["state"], r["created"], r["num_params"], r["data_checksum"],
-                                json.dumps(r["spec"]), json.dumps(r["summary"])])
+                    w.writerow(
+                        [
+                            r["run_id"],
+                            r["state"],
+                            r["created"],
+                            r["num_params"],
+                            r["data_checksum"],
+                            json.dumps(r["spec"]),
+                            json.dumps(r["summary"]),
+                        ]
+                    )
                     count += 1
         elif what == "steps":
             w.writerow(["run_id", "step", "loss"])
@@ -311,13 +374,14 @@ def _run_row(row) -> dict:
     d = dict(zip(RUN_COLUMNS, row))
     d["spec"] = json.loads(d["spec"])
     d["summary"] = json.loads(d["summary"]) if d["summary"] else None
-    owner = dict(zip(OWNER_COLUMNS, row[len(RUN_COLUMNS):]))
+    owner = dict(zip(OWNER_COLUMNS, row[len(RUN_COLUMNS) :]))
     d["owner"] = owner if owner.get("owner_pid") is not None else None
     d["state"] = d["status"]
     if d["status"] in ACTIVE and d["owner"]:
         alive = _alive(owner)
-        d["state"] = (f"{d['status']} (host {owner['owner_host']})" if alive is None
-                      else d["status"] if alive else "interrupted")
+        d["state"] = (
+            f"{d['status']} (host {owner['owner_host']})" if alive is None else d["status"] if alive else "interrupted"
+        )
     return d
 
 

@@ -79,9 +79,7 @@ def gunzip_if_gzipped(data: bytes, where: str) -> bytes:
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as e:
-        raise UserError(
-            f"{where}: corrupt or truncated gzip data ({e}); download the file again"
-        ) from None
+        raise UserError(f"{where}: corrupt or truncated gzip data ({e}); download the file again") from None
 
 
 def _tar_files(path: Path) -> dict[tuple[str, ...], bytes]:
@@ -102,9 +100,7 @@ def _tar_files(path: Path) -> dict[tuple[str, ...], bytes]:
                 f = tar.extractfile(member)
                 files[parts] = f.read() if f is not None else b""
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise UserError(
-            f"{path}: not a readable .tar/.tar.gz archive ({e}); download or pack it again"
-        ) from None
+        raise UserError(f"{path}: not a readable .tar/.tar.gz archive ({e}); download or pack it again") from None
     return files
 
 
@@ -130,18 +126,14 @@ def _labels_array(labels, where: str) -> np.ndarray:
             return np.array(labels, dtype=np.int64).reshape(-1)
         except OverflowError:
             raise UserError(f"{where}: a label does not fit in 64 bits") from None
-    raise UserError(
-        f"{where}: labels are a {type(labels).__name__}; expected a list or 1-D array of integers"
-    )
+    raise UserError(f"{where}: labels are a {type(labels).__name__}; expected a list or 1-D array of integers")
 
 
 def check_label_range(y: np.ndarray, num_classes: int, where: str) -> None:
     """Raise a UserError naming ``where`` if a label is outside [0, num_classes)."""
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         bad = int(y.min()) if y.min() < 0 else int(y.max())
-        raise UserError(
-            f"{where}: label {bad} is out of range; expected class indices 0..{num_classes - 1}"
-        )
+        raise UserError(f"{where}: label {bad} is out of range; expected class indices 0..{num_classes - 1}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,8 +157,7 @@ def parse_idx(data: bytes, where: str) -> np.ndarray:
     big-endian uint32. The data that follows must be exactly the product of the dimensions.
     """
     if len(data) < 4:
-        raise UserError(f"{where}: only {len(data)} bytes, too short for an IDX header; "
-                        "download the file again")
+        raise UserError(f"{where}: only {len(data)} bytes, too short for an IDX header; download the file again")
     if data[0:2] != b"\x00\x00" or data[2] not in IDX_TYPES or data[3] == 0:
         magic = int.from_bytes(data[:4], "big")
         raise UserError(
@@ -176,8 +167,9 @@ def parse_idx(data: bytes, where: str) -> np.ndarray:
     dtype, ndim = IDX_TYPES[data[2]], data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise UserError(f"{where}: IDX header truncated (needs {header} bytes, file has "
-                        f"{len(data)}); download the file again")
+        raise UserError(
+            f"{where}: IDX header truncated (needs {header} bytes, file has {len(data)}); download the file again"
+        )
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     count = 1
     for d in dims:
@@ -212,8 +204,7 @@ CIFAR_TARNAME = "cifar-10-python.tar.gz"
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_FILE = "test_batch"
 CIFAR_META_FILE = "batches.meta"
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # The only globals a CIFAR pickle needs: numpy arrays, and _codecs.encode (Python 3 protocol-2
 # pickles write bytes that way). Anything else is refused, so a crafted file cannot run code.
@@ -263,8 +254,7 @@ def _unpickle(data: bytes, where: str):
         return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as e:  # any failure to decode untrusted bytes means a broken file
         raise UserError(
-            f"{where}: not a readable CIFAR-10 python pickle ({type(e).__name__}: {e}); "
-            f"download {CIFAR_TARNAME} again"
+            f"{where}: not a readable CIFAR-10 python pickle ({type(e).__name__}: {e}); download {CIFAR_TARNAME} again"
         ) from None
 
 
@@ -273,24 +263,27 @@ def _get_key(d: dict, key: str, where: str):
     for k in (key.encode(), key):
         if k in d:
             return d[k]
-    raise UserError(f"{where}: missing key '{key}' (keys: {sorted(map(repr, d))[:6]}); "
-                    f"expected a CIFAR-10 python batch, download {CIFAR_TARNAME} again")
+    raise UserError(
+        f"{where}: missing key '{key}' (keys: {sorted(map(repr, d))[:6]}); "
+        f"expected a CIFAR-10 python batch, download {CIFAR_TARNAME} again"
+    )
 
 
 def parse_cifar_batch(data: bytes, where: str, num_classes: int = 10):
     """Parse one CIFAR-10 batch pickle into uint8 images (N, 3, 32, 32) and int64 labels."""
     batch = _unpickle(data, where)
     if not isinstance(batch, dict):
-        raise UserError(f"{where}: holds a {type(batch).__name__}; expected a dict with "
-                        "'data' and 'labels' (a CIFAR-10 python batch)")
+        raise UserError(
+            f"{where}: holds a {type(batch).__name__}; expected a dict with "
+            "'data' and 'labels' (a CIFAR-10 python batch)"
+        )
     x, labels = _get_key(batch, "data", where), _get_key(batch, "labels", where)
     if not isinstance(x, np.ndarray):
         raise UserError(f"{where}: 'data' is a {type(x).__name__}; expected a uint8 numpy array")
     if x.dtype != np.uint8:
         raise UserError(f"{where}: 'data' has dtype {x.dtype}; expected uint8")
     if x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
-        raise UserError(f"{where}: 'data' has shape {x.shape}; expected (N, 3072) for 32x32 "
-                        "colour images")
+        raise UserError(f"{where}: 'data' has shape {x.shape}; expected (N, 3072) for 32x32 colour images")
     y = _labels_array(labels, where)
     if len(y) != len(x):
         raise UserError(f"{where}: {len(x)} images but {len(y)} labels; the file is corrupt")
@@ -302,13 +295,11 @@ def parse_cifar_meta(data: bytes, where: str) -> tuple[str, ...]:
     """The class names of ``batches.meta`` (CIFAR-10's ten names if it has no label_names)."""
     meta = _unpickle(data, where)
     if not isinstance(meta, dict):
-        raise UserError(f"{where}: holds a {type(meta).__name__}; expected a dict with "
-                        "'label_names'")
+        raise UserError(f"{where}: holds a {type(meta).__name__}; expected a dict with 'label_names'")
     if b"label_names" not in meta and "label_names" not in meta:
         return CIFAR10_CLASSES
     names = _get_key(meta, "label_names", where)
-    if (not isinstance(names, (list, tuple)) or not names
-            or not all(isinstance(n, (bytes, str)) for n in names)):
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, (bytes, str)) for n in names):
         raise UserError(f"{where}: 'label_names' must be a non-empty list of strings")
     return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)
 
@@ -386,11 +377,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TEST_SPLITS = ("test", "val")
 _GRAY_MODES = {"1", "L", "LA", "La"}
 _COLOUR_MODES = {"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
-_PIL_FORMATS = ("PNG", "JPEG")  # only these decoders are tried, whatever the extension says
+PIL_FORMATS = ("PNG", "JPEG")  # only these decoders are tried, whatever the extension says
 _LAYOUT = "train/<class>/<image> and test/<class>/<image> (or val/)"
 
 
-def _folder_entries(root: Path) -> dict[tuple[str, ...], Path]:
+def folder_entries(root: Path) -> dict[tuple[str, ...], Path]:
     """The non-hidden files under ``root/train`` and ``root/test|val``, by relative path parts."""
     entries = {}
     for split in ("train", *TEST_SPLITS):
@@ -403,7 +394,7 @@ def _folder_entries(root: Path) -> dict[tuple[str, ...], Path]:
     return entries
 
 
-def _folder_root(path: Path) -> Path:
+def folder_root(path: Path) -> Path:
     """``path`` itself if it has ``train/``, or its single subfolder if that has one."""
     if (path / "train").is_dir():
         return path
@@ -428,16 +419,17 @@ def _strip_top_dir(files: dict[tuple[str, ...], bytes], where: str) -> dict:
 def _decode_image(data: bytes, where: str) -> np.ndarray:
     """Decode one image to uint8, (H, W) if grayscale or (H, W, 3) if colour."""
     try:
-        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as im:
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
             mode = im.mode
             target = "L" if mode in _GRAY_MODES else "RGB" if mode in _COLOUR_MODES else None
             if target is not None:
                 return np.asarray(im if mode == target else im.convert(target))
     except Exception as e:  # Pillow raises many types on damaged files; all mean "unreadable"
-        raise UserError(f"{where}: unreadable image ({type(e).__name__}: {e}); "
-                        "replace or remove the file") from None
-    raise UserError(f"{where}: unsupported image mode {mode}; expected 8-bit grayscale or "
-                    "colour (convert it to PNG with mode L or RGB)")
+        raise UserError(f"{where}: unreadable image ({type(e).__name__}: {e}); replace or remove the file") from None
+    raise UserError(
+        f"{where}: unsupported image mode {mode}; expected 8-bit grayscale or "
+        "colour (convert it to PNG with mode L or RGB)"
+    )
 
 
 def image_folder_layout(sources: dict, path, where) -> tuple[list[str], list[tuple], list[tuple]]:
@@ -460,8 +452,10 @@ def image_folder_layout(sources: dict, path, where) -> tuple[list[str], list[tup
     index = {c: i for i, c in enumerate(classes)}
     for rel in by_split[test_split]:
         if rel[1] not in index:
-            raise UserError(f"{where(rel)}: class '{rel[1]}' is not among the train/ "
-                            f"classes ({', '.join(classes)}); every test class needs train images")
+            raise UserError(
+                f"{where(rel)}: class '{rel[1]}' is not among the train/ "
+                f"classes ({', '.join(classes)}); every test class needs train images"
+            )
     train, test = (sorted(by_split[s], key=lambda r: (index[r[1]], r[2])) for s in ("train", test_split))
     return classes, train, test
 
@@ -477,8 +471,8 @@ def read_image_folder(path: str | os.PathLike, hasher=None) -> Splits:
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        root = _folder_root(path)
-        sources: dict = _folder_entries(root)
+        root = folder_root(path)
+        sources: dict = folder_entries(root)
         prefix = f"{root}/"
     elif path.is_file():
         sources = _strip_top_dir(_tar_files(path), str(path))
@@ -535,8 +529,7 @@ def _npz_images(x: np.ndarray, where: str) -> np.ndarray:
         if x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
             x = x.transpose(0, 3, 1, 2)
     else:
-        raise UserError(f"{where}: shape {x.shape}; expected (N, H, W), (N, H, W, C), "
-                        "(N, C, H, W) or flat (N, D)")
+        raise UserError(f"{where}: shape {x.shape}; expected (N, H, W), (N, H, W, C), (N, C, H, W) or flat (N, D)")
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if x.dtype.kind != "f":
@@ -544,9 +537,38 @@ def _npz_images(x: np.ndarray, where: str) -> np.ndarray:
     with np.errstate(over="ignore"):
         x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
-        raise UserError(f"{where}: contains NaN or infinite values (or values too large for "
-                        "float32); fix the array")
+        raise UserError(f"{where}: contains NaN or infinite values (or values too large for float32); fix the array")
     return x
+
+
+def _npz_arrays(path: str | os.PathLike, hasher) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, the required ones checked present."""
+    raw = read_bytes(path)
+    _hash(hasher, raw)
+    try:
+        npz = np.load(io.BytesIO(raw), allow_pickle=False)
+    except Exception as e:  # np.load raises many types on a damaged or non-npz file
+        raise UserError(
+            f"{path}: not a readable .npz file ({type(e).__name__}: {e}); save it "
+            "with numpy.savez(path, x_train=..., y_train=..., x_test=..., "
+            "y_test=...)"
+        ) from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise UserError(f"{path}: is a single .npy array; expected an .npz holding {', '.join(NPZ_KEYS)} (numpy.savez)")
+    with npz:
+        missing = [k for k in NPZ_KEYS if k not in npz.files]
+        if missing:
+            raise UserError(
+                f"{path}: missing {', '.join(missing)} (has {', '.join(npz.files)}); "
+                f"expected arrays {', '.join(NPZ_KEYS)}"
+            )
+        try:
+            arrays = {k: npz[k] for k in (*NPZ_KEYS, "class_names") if k in npz.files}
+        except Exception as e:
+            raise UserError(
+                f"{path}: an array cannot be read ({type(e).__name__}: {e}); the file is corrupt, save it again"
+            ) from None
+    return arrays
 
 
 def read_npz(path: str | os.PathLike, hasher=None) -> Splits:
@@ -556,28 +578,7 @@ def read_npz(path: str | os.PathLike, hasher=None) -> Splits:
     (-> (N, 1, 1, D)); uint8 is kept for later scaling by 1/255, floats must be finite. Labels
     are 1-D non-negative integers, one per image.
     """
-    raw = read_bytes(path)
-    _hash(hasher, raw)
-    try:
-        npz = np.load(io.BytesIO(raw), allow_pickle=False)
-    except Exception as e:  # np.load raises many types on a damaged or non-npz file
-        raise UserError(f"{path}: not a readable .npz file ({type(e).__name__}: {e}); save it "
-                        "with numpy.savez(path, x_train=..., y_train=..., x_test=..., "
-                        "y_test=...)") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise UserError(f"{path}: is a single .npy array; expected an .npz holding "
-                        f"{', '.join(NPZ_KEYS)} (numpy.savez)")
-    with npz:
-        missing = [k for k in NPZ_KEYS if k not in npz.files]
-        if missing:
-            raise UserError(f"{path}: missing {', '.join(missing)} (has {', '.join(npz.files)}); "
-                            f"expected arrays {', '.join(NPZ_KEYS)}")
-        try:
-            arrays = {k: npz[k] for k in (*NPZ_KEYS, "class_names") if k in npz.files}
-        except Exception as e:
-            raise UserError(f"{path}: an array cannot be read ({type(e).__name__}: {e}); "
-                            "the file is corrupt, save it again") from None
-
+    arrays = _npz_arrays(path, hasher)
     out = {}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -587,23 +588,23 @@ def read_npz(path: str | os.PathLike, hasher=None) -> Splits:
         out[f"x_{split}"] = _npz_images(x, wx)
         out[f"y_{split}"] = _labels_array(y, wy)
         if len(out[f"y_{split}"]) != len(x):
-            raise UserError(f"{path}: x_{split} has {len(x)} images but y_{split} has "
-                            f"{len(out[f'y_{split}'])} labels")
+            raise UserError(f"{path}: x_{split} has {len(x)} images but y_{split} has {len(out[f'y_{split}'])} labels")
         if out[f"y_{split}"].min() < 0:
-            raise UserError(f"{wy} has negative label {out[f'y_{split}'].min()}; expected "
-                            "class indices 0, 1, 2, ...")
+            raise UserError(f"{wy} has negative label {out[f'y_{split}'].min()}; expected class indices 0, 1, 2, ...")
     if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
-        raise UserError(f"{path}: x_train images are {out['x_train'].shape[1:]} but x_test "
-                        f"images are {out['x_test'].shape[1:]}; they must match (as C, H, W)")
+        raise UserError(
+            f"{path}: x_train images are {out['x_train'].shape[1:]} but x_test "
+            f"images are {out['x_test'].shape[1:]}; they must match (as C, H, W)"
+        )
     if out["x_train"].dtype != out["x_test"].dtype:
-        raise UserError(f"{path}: x_train is {out['x_train'].dtype} but x_test is "
-                        f"{out['x_test'].dtype}; use one dtype for both")
+        raise UserError(
+            f"{path}: x_train is {out['x_train'].dtype} but x_test is {out['x_test'].dtype}; use one dtype for both"
+        )
 
     class_names = None
     if "class_names" in arrays:
         names = arrays["class_names"]
         if names.ndim != 1 or names.dtype.kind not in "US" or names.size == 0:
             raise UserError(f"{path}: class_names must be a non-empty 1-D array of strings")
-        class_names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)
-                            for n in names.tolist())
+        class_names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names.tolist())
     return Splits(out["x_train"], out["y_train"], out["x_test"], out["y_test"], class_names)

@@ -3,18 +3,18 @@
 Every function takes arrays and an explicit ``numpy.random.Generator`` and returns new arrays; the
 caller draws them once per run and keeps them fixed for every epoch. Pixel permutations move pixel
 positions (all channels of a position together). Inputs are raw images (N, C, H, W) before
-preprocessing.
+preprocessing. A new test is one function decorated with ``KINDS.register``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import UserError
-
-KINDS = ("none", "partial-labels", "random-labels", "shuffled-pixels", "random-pixels", "gaussian")
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,75 @@ def gaussian_images(n: int, shape, mean: np.ndarray, std: np.ndarray, rng: np.ra
     return noise * std.reshape(1, c, 1, 1).astype(np.float32) + mean.reshape(1, c, 1, 1).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What a randomization test is given: the clean data, the options, and four independent streams
+    (so that e.g. the label draws never depend on the test set size)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    p: float
+    test_labels: str
+    test_inputs: str
+    label_rng: np.random.Generator
+    test_label_rng: np.random.Generator
+    pixel_rng: np.random.Generator
+    test_pixel_rng: np.random.Generator
+
+
+#: Test name -> ``apply(Inputs) -> dict`` of the :class:`Randomized` fields it changes.
+KINDS: Registry[Callable[[Inputs], dict]] = Registry("randomization")
+
+
+@KINDS.register("none", "the true data")
+def _none(d: Inputs) -> dict:
+    return {}
+
+
+def _labels(d: Inputs, p: float) -> dict:
+    y_train, replaced, changed = corrupt_labels(d.y_train, d.num_classes, p, d.label_rng)
+    out = dict(y_train=y_train, replaced=replaced, changed=changed)
+    if d.test_labels == "corrupted":
+        out["y_test"] = corrupt_labels(d.y_test, d.num_classes, p, d.test_label_rng)[0]
+    return out
+
+
+@KINDS.register("partial-labels", "each training label replaced by a uniform class with probability p")
+def _partial_labels(d: Inputs) -> dict:
+    return _labels(d, d.p)
+
+
+@KINDS.register("random-labels", "every training label replaced by a uniform class")
+def _random_labels(d: Inputs) -> dict:
+    return _labels(d, 1.0)
+
+
+@KINDS.register("shuffled-pixels", "one permutation of pixel positions, the same for every image")
+def _shuffled_pixels(d: Inputs) -> dict:
+    x_train, x_test, _ = shuffled_pixels(d.x_train, d.x_test, d.pixel_rng)
+    return dict(x_train=x_train, x_test=x_test if d.test_inputs == "randomized" else d.x_test)
+
+
+@KINDS.register("random-pixels", "an independent permutation of pixel positions for each image")
+def _random_pixels(d: Inputs) -> dict:
+    out = dict(x_train=random_pixels(d.x_train, d.pixel_rng))
+    if d.test_inputs == "randomized":
+        out["x_test"] = random_pixels(d.x_test, d.test_pixel_rng)
+    return out
+
+
+@KINDS.register("gaussian", "Gaussian noise images with the training set's per-channel mean and deviation")
+def _gaussian(d: Inputs) -> dict:
+    mean, std = channel_moments(d.x_train)
+    out = dict(x_train=gaussian_images(len(d.y_train), d.x_train.shape[1:], mean, std, d.pixel_rng))
+    if d.test_inputs == "randomized":
+        out["x_test"] = gaussian_images(len(d.x_test), d.x_test.shape[1:], mean, std, d.test_pixel_rng)
+    return out
+
+
 def randomize(
     kind: str,
     x_train: np.ndarray,
@@ -102,28 +171,21 @@ def randomize(
     training images (shuffled pixels: the same permutation; random pixels: a permutation per image;
     gaussian: noise with the training moments), "clean" leaves them untouched.
     """
-    if kind not in KINDS:
-        raise UserError(f"unknown randomization {kind!r}; choose one of {', '.join(KINDS)}")
-    # Independent child streams, so that e.g. the label draws never depend on the test set size.
-    label_rng, test_label_rng, pixel_rng, test_pixel_rng = rng.spawn(4)
+    apply = KINDS[kind]
+    inputs = Inputs(x_train, y_train, x_test, y_test, num_classes, p, test_labels, test_inputs, *rng.spawn(4))
     n = len(y_train)
-    y_new, replaced, changed = y_train.copy(), np.zeros(n, bool), np.zeros(n, bool)
-    x_tr, x_te, y_te = x_train, x_test, y_test
-    if kind in ("partial-labels", "random-labels"):
-        p_eff = 1.0 if kind == "random-labels" else p
-        y_new, replaced, changed = corrupt_labels(y_train, num_classes, p_eff, label_rng)
-        if test_labels == "corrupted":
-            y_te, _, _ = corrupt_labels(y_test, num_classes, p_eff, test_label_rng)
-    elif kind == "shuffled-pixels":
-        x_tr, x_te_perm, _ = shuffled_pixels(x_train, x_test, pixel_rng)
-        x_te = x_te_perm if test_inputs == "randomized" else x_test
-    elif kind == "random-pixels":
-        x_tr = random_pixels(x_train, pixel_rng)
-        if test_inputs == "randomized":
-            x_te = random_pixels(x_test, test_pixel_rng)
-    elif kind == "gaussian":
-        mean, std = channel_moments(x_train)
-        x_tr = gaussian_images(n, x_train.shape[1:], mean, std, pixel_rng)
-        if test_inputs == "randomized":
-            x_te = gaussian_images(len(x_test), x_test.shape[1:], mean, std, test_pixel_rng)
-    return Randomized(x_tr, y_new, x_te, y_te, replaced, changed, y_train)
+    out = dict(
+        x_train=x_train,
+        y_train=y_train.copy(),
+        x_test=x_test,
+        y_test=y_test,
+        replaced=np.zeros(n, bool),
+        changed=np.zeros(n, bool),
+    )
+    out.update(apply(inputs))
+    return Randomized(**out, y_train_true=y_train)
+
+
+def randomize_dataset(kind: str, ds, rng: np.random.Generator, **options) -> Randomized:
+    """:func:`randomize` on the splits of a :class:`rethink.data.Dataset`."""
+    return randomize(kind, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, rng, **options)

@@ -37,7 +37,7 @@ from ..distributed import Shard
 from ..errors import UserError
 from . import formats
 from .dataset import Dataset
-from .sources import _require_location
+from .sources import require_location
 from .transforms import standardize
 
 EVAL_FRACTION = 0.875  # the Inception pipeline's central crop
@@ -52,11 +52,11 @@ def index_folder(name: str, data_dir: str | None) -> Dataset:
     so that the usual subset and label randomization apply. The checksum covers every file's
     relative path and size (reading 140 GB to hash it would take longer than an epoch)."""
     _, sep, path = name.partition(":")
-    path = _require_location("imagefolder", path if sep and path else data_dir)
+    path = require_location("imagefolder", path if sep and path else data_dir)
     if not path.is_dir():
         raise UserError(f"{path}: --stream reads a folder, not an archive; extract it (tar xf) and pass the folder")
-    root = formats._folder_root(path)
-    sources = formats._folder_entries(root)
+    root = formats.folder_root(path)
+    sources = formats.folder_entries(root)
     classes, train, test = formats.image_folder_layout(sources, path, lambda rel: f"{root}/" + "/".join(rel))
     index = {c: i for i, c in enumerate(classes)}
     hasher = hashlib.sha256()
@@ -64,8 +64,18 @@ def index_folder(name: str, data_dir: str | None) -> Dataset:
         hasher.update(f"{'/'.join(rel)}\0{sources[rel].stat().st_size}\0".encode())
     files = {split: [str(sources[rel]) for rel in rels] for split, rels in (("train", train), ("test", test))}
     y_train, y_test = (np.array([index[rel[1]] for rel in rels], dtype=np.int64) for rels in (train, test))
-    return Dataset("imagefolder", np.arange(len(train)), y_train, np.arange(len(test)), y_test, len(classes),
-                   tuple(classes), hasher.hexdigest()[:16], str(root), {"format": "imagefolder-stream", "files": files})
+    return Dataset(
+        "imagefolder",
+        np.arange(len(train)),
+        y_train,
+        np.arange(len(test)),
+        y_test,
+        len(classes),
+        tuple(classes),
+        hasher.hexdigest()[:16],
+        str(root),
+        {"format": "imagefolder-stream", "files": files},
+    )
 
 
 def central_box(w: int, h: int) -> tuple[float, float, float, float]:
@@ -93,7 +103,7 @@ def load_view(path: str, size: int, kinds: tuple[str, ...] = (), seed: int | Non
     module docstring); ``kinds`` (crop, flip) draw from ``np.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
     try:
-        with Image.open(path, formats=formats._PIL_FORMATS) as im:
+        with Image.open(path, formats=formats.PIL_FORMATS) as im:
             img = im.convert("RGB")
     except Exception as e:  # noqa: BLE001 - Pillow raises many types on damaged files; all mean "unreadable"
         raise UserError(f"{path}: unreadable image ({type(e).__name__}: {e}); replace or remove the file") from None
@@ -137,9 +147,12 @@ class StreamingData:
     def _stream(self, files: list[str], kinds: tuple[str, ...], plan: list[list[tuple]]):
         """Decoded, preprocessed batches of ``plan`` (lists of (file index, seed)) on the device."""
         daemon = multiprocessing.current_process().daemon  # a process-pool worker may have no children
-        loader = torch.utils.data.DataLoader(_Views(files, self.image_size, kinds), batch_sampler=plan,
-                                             num_workers=0 if daemon else self.workers,
-                                             pin_memory=self.device.type == "cuda")
+        loader = torch.utils.data.DataLoader(
+            _Views(files, self.image_size, kinds),
+            batch_sampler=plan,
+            num_workers=0 if daemon else self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
         try:
             for batch in loader:
                 x = batch.to(self.device, non_blocking=True).float().div_(255)
@@ -147,14 +160,18 @@ class StreamingData:
         except UserError as e:  # raised in a worker: keep the message's last line, its own
             raise UserError(str(e).strip().splitlines()[-1].split("UserError: ")[-1]) from None
 
-    def batches(self, perm, batch_size: int, kinds: tuple[str, ...], aug_gen, shard: Shard, first: int = 0,
-                aug_state=None):
+    def batches(
+        self, perm, batch_size: int, kinds: tuple[str, ...], aug_gen, shard: Shard, first: int = 0, aug_state=None
+    ):
         """For every global batch of ``perm`` from the ``first``-th on: this rank's images and labels,
         and the global batch's size (see :meth:`rethink.train.engine.TrainData.batches`). The
         epoch's seeds are all drawn first from the fresh ``aug_gen``, so ``aug_state`` is not needed."""
         order = perm.tolist()
-        seeds = (torch.randint(0, 2**62, (len(order),), generator=aug_gen, device=aug_gen.device).tolist()
-                 if kinds else [None] * len(order))
+        seeds = (
+            torch.randint(0, 2**62, (len(order),), generator=aug_gen, device=aug_gen.device).tolist()
+            if kinds
+            else [None] * len(order)
+        )
         starts = range(first * batch_size, len(order), batch_size)
         plan = [shard.take([(order[p], seeds[p]) for p in range(s, min(s + batch_size, len(order)))]) for s in starts]
         for items, xb, s in zip(plan, self._stream(self.train_files, kinds, plan), starts):
@@ -164,7 +181,9 @@ class StreamingData:
     def _logits(self, files: list[str], model: torch.nn.Module, shard: Shard):
         """(indices, logits) over this rank's share of ``files``, in evaluation batches."""
         mine = list(range(shard.rank, len(files), shard.world))
-        plan = [[(i, None) for i in mine[s : s + self.eval_batch_size]] for s in range(0, len(mine), self.eval_batch_size)]
+        plan = [
+            [(i, None) for i in mine[s : s + self.eval_batch_size]] for s in range(0, len(mine), self.eval_batch_size)
+        ]
         for items, xb in zip(plan, self._stream(files, (), plan)):
             yield torch.tensor([i for i, _ in items], device=self.device), model(xb).float()
 
@@ -179,18 +198,30 @@ class StreamingData:
         for idx, logits in self._logits(self.train_files, model, shard):
             y, ch, pred = self.y_train[idx], self.changed[idx], logits.argmax(1)
             hit, hit_true = pred == y, pred == self.y_train_true[idx]
-            s[:6] += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hit.sum(), (hit & ch).sum(),
-                                  (hit_true & ch).sum(), (hit & ~ch).sum(), ch.sum()]).double()
+            s[:6] += torch.stack(
+                [
+                    F.cross_entropy(logits, y, reduction="sum").double(),
+                    hit.sum(),
+                    (hit & ch).sum(),
+                    (hit_true & ch).sum(),
+                    (hit & ~ch).sum(),
+                    ch.sum(),
+                ]
+            ).double()
         for idx, logits in self._logits(self.test_files, model, shard):
             y = self.y_test[idx]
             top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(1)
-            s[6:9] += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                                   (logits.argmax(1) == y).sum(), top5.sum()]).double()
+            s[6:9] += torch.stack(
+                [F.cross_entropy(logits, y, reduction="sum").double(), (logits.argmax(1) == y).sum(), top5.sum()]
+            ).double()
         model.train(was_training)
         loss, hit, hit_ch, hit_true_ch, hit_clean, n_ch, test_loss, test_hit, test_top5 = shard.sum(s).tolist()
         n, n_test = len(self.train_files), len(self.test_files)
         return {
-            "train_loss": loss / n, "train_acc": hit / n, "test_loss": test_loss / n_test, "test_acc": test_hit / n_test,
+            "train_loss": loss / n,
+            "train_acc": hit / n,
+            "test_loss": test_loss / n_test,
+            "test_acc": test_hit / n_test,
             "corrupted_acc_noisy": hit_ch / n_ch if n_ch else None,
             "corrupted_acc_true": hit_true_ch / n_ch if n_ch else None,
             "clean_acc": hit_clean / (n - n_ch) if n > n_ch else None,
@@ -198,17 +229,35 @@ class StreamingData:
         }
 
 
-def streaming_data(ds: Dataset, r, device: torch.device, *, image_size: int, standardize_images: bool,
-                   workers: int, eval_batch_size: int) -> StreamingData:
+def streaming_data(
+    ds: Dataset,
+    r,
+    device: torch.device,
+    *,
+    image_size: int,
+    standardize_images: bool,
+    workers: int,
+    eval_batch_size: int,
+) -> StreamingData:
     """:class:`StreamingData` of an :func:`index_folder` dataset (subset) and its randomization ``r``."""
     files = ds.extra["files"]
 
     def labels(a, dtype=torch.long):
         return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
 
-    return StreamingData([files["train"][i] for i in r.x_train], [files["test"][i] for i in r.x_test],
-                         labels(r.y_train), labels(r.y_test), labels(r.y_train_true), labels(r.changed, torch.bool),
-                         image_size, standardize_images, workers, eval_batch_size, device)
+    return StreamingData(
+        [files["train"][i] for i in r.x_train],
+        [files["test"][i] for i in r.x_test],
+        labels(r.y_train),
+        labels(r.y_test),
+        labels(r.y_train_true),
+        labels(r.changed, torch.bool),
+        image_size,
+        standardize_images,
+        workers,
+        eval_batch_size,
+        device,
+    )
 
 
 __all__ = ["StreamingData", "index_folder", "load_view", "streaming_data"]

@@ -99,7 +99,7 @@ def random_color(
         yiq = torch.einsum("ij,njhw->nihw", _RGB2YIQ.to(dev, x.dtype), x)
         angle = uniform(hue) * 2 * math.pi
         cos, sin = torch.cos(angle), torch.sin(angle)
-        scale = (1 + uniform(saturation))
+        scale = 1 + uniform(saturation)
         i, q = yiq[:, 1], yiq[:, 2]
         i2 = (cos[:, None, None] * i - sin[:, None, None] * q) * scale[:, None, None]
         q2 = (sin[:, None, None] * i + cos[:, None, None] * q) * scale[:, None, None]

@@ -16,6 +16,19 @@ from .linear_sgd import LinearSGDConfig, linear_sgd
 from .noise import norm_vs_noise
 from .solve import KernelData, cho_solve, cholesky_, interpolate, kernel_matmul
 
-__all__ = ["KERNELS", "Kernel", "KernelConfig", "KernelData", "KernelResult", "LinearSGDConfig", "cho_solve",
-           "cholesky_", "default_bandwidth", "interpolate", "kernel_matmul", "linear_sgd", "norm_vs_noise",
-           "run_kernel"]
+__all__ = [
+    "KERNELS",
+    "Kernel",
+    "KernelConfig",
+    "KernelData",
+    "KernelResult",
+    "LinearSGDConfig",
+    "cho_solve",
+    "cholesky_",
+    "default_bandwidth",
+    "interpolate",
+    "kernel_matmul",
+    "linear_sgd",
+    "norm_vs_noise",
+    "run_kernel",
+]

@@ -92,7 +92,7 @@ def largest_n(d: int, n_test: int, columns: int, budget: float) -> int:
     return lo
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gemm_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
     """Matrix-multiply speed in GFLOP/s: the best of ``repeats`` size^3 products."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
@@ -115,9 +115,11 @@ class Estimate:
     seconds: float  # rough total time
 
     def describe(self) -> str:
-        return (f"needs about {self.memory_gb + self.resident_gb:.1f} GB "
-                f"({self.resident_gb:.1f} GB in use + {self.memory_gb:.1f} GB) and about "
-                f"{self.seconds / 60:.1f} min; n up to {self.max_n:,} fits")
+        return (
+            f"needs about {self.memory_gb + self.resident_gb:.1f} GB "
+            f"({self.resident_gb:.1f} GB in use + {self.memory_gb:.1f} GB) and about "
+            f"{self.seconds / 60:.1f} min; n up to {self.max_n:,} fits"
+        )
 
 
 def estimate_seconds(n: int, d: int, n_test: int) -> float:
@@ -142,8 +144,10 @@ def check_fits(n: int, d: int, n_test: int, columns: int, max_memory_gb: float |
         fixes = [f"--train-size {max_n} or less"] if max_n else []
         if max_memory_gb is not None and need <= available:  # the flag, not the machine, is what is short
             fixes.append(f"--max-memory {math.ceil((need + resident) / GB * 10) / 10:g} or more")
-        raise UserError(f"n = {n:,} needs about {(need + resident) / GB:.1f} GB (the float32 kernel matrix alone "
-                        f"{matrix_bytes(n) / GB:.1f} GB), more than {limit} allows "
-                        f"({(budget + resident) / GB:.3g} GB); "
-                        + ("use " + ", or ".join(fixes) if fixes else "free some memory first"))
+        raise UserError(
+            f"n = {n:,} needs about {(need + resident) / GB:.1f} GB (the float32 kernel matrix alone "
+            f"{matrix_bytes(n) / GB:.1f} GB), more than {limit} allows "
+            f"({(budget + resident) / GB:.3g} GB); "
+            + ("use " + ", or ".join(fixes) if fixes else "free some memory first")
+        )
     return Estimate(n, need / GB, resident / GB, budget / GB, max_n, estimate_seconds(n, d, n_test))

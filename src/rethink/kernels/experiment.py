@@ -20,10 +20,13 @@ import torch
 
 from ..api import resolve_crop
 from ..data import load_dataset, subset
-from ..data.randomize import KINDS, randomize
+from ..data.randomize import KINDS, randomize_dataset
 from ..data.transforms import preprocess
 from ..errors import UserError
+from ..flags import floats, help_of, int_or_text, option
+from ..registry import unknown_name
 from ..seeding import generator
+from ..spec import RunSpec
 from . import features as feature_maps
 from .budget import Estimate, check_fits
 from .functions import KERNELS, Kernel, default_bandwidth
@@ -32,44 +35,76 @@ from .solve import KernelData, Progress, Solution, cross_matmul, interpolate, no
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Everything that describes one kernel fit; validated on construction."""
+    """Everything that describes one kernel fit; validated on construction. Each field is a flag of
+    ``rethink kernel`` (see flags.py)."""
 
-    dataset: str
-    data_dir: str | None = None
-    train_size: int | None = None
-    test_size: int | None = None
-    preprocess: str = "none"  # pixels in [0, 1]; "standard": centre crop + per-image standardization
-    crop: str | int = "auto"
-    randomize: str = "none"
-    p: float = 0.0
-    kernel: str = "gaussian"
-    bandwidth: float | None = None  # None: the default rule of functions.default_bandwidth
-    degree: int = 2
-    features: str = "none"
-    filters: int = 1024
-    filter_size: int = 5
-    pool: int | None = None  # None: 2 for random-conv, 7 for gabor
-    orientations: int = 8
-    scales: int = 3
-    ridge: float = 0.0
-    tol: float = 1e-10
-    max_iter: int = 30
-    seed: int = 0
-    max_memory_gb: float | None = None  # None: what the machine has available
+    dataset: str = option(help=help_of(RunSpec, "dataset"))
+    data_dir: str | None = option(None, help_of(RunSpec, "data_dir"))
+    train_size: int | None = option(None, help_of(RunSpec, "train_size"))
+    test_size: int | None = option(None, help_of(RunSpec, "test_size"))
+    preprocess: str = option("none", "none (pixels in [0, 1]) or standard (centre crop + per-image standardization)")
+    crop: str | int = option("auto", help_of(RunSpec, "crop"), type=int_or_text)
+    randomize: str = option("none", help_of(RunSpec, "randomize"))
+    p: float = option(0.0, help_of(RunSpec, "p"))
+    kernel: str = option("gaussian", ", ".join(KERNELS))
+    bandwidth: float | None = option(
+        None,
+        "the kernel's length scale s (default: a rule on the median pairwise "
+        "distance, see docs/theory.md); gaussian exp(-|x-y|^2/(2s^2)), laplacian "
+        "exp(-|x-y|/s), polynomial (1 + <x,y>/s^2)^degree",
+    )
+    degree: int = option(2, "polynomial degree")
+    features: str = option("none", f"{', '.join(feature_maps.FEATURES)}: a feature map before the kernel")
+    filters: int = option(1024, "random-conv: number of random filters")
+    filter_size: int = option(5, "random-conv: filter side")
+    pool: int | None = option(
+        None, "feature maps: average-pool to a POOL x POOL grid (default 2 for random-conv, 7 for gabor)"
+    )
+    orientations: int = option(8, "gabor: orientations")
+    scales: int = option(3, "gabor: scales, wavelengths 3, 6, 12, ... pixels")
+    ridge: float = option(0.0, "add R times the identity to K (0: interpolate)")
+    tol: float = option(1e-10, "relative residual at which CG stops")
+    max_iter: int = option(30, "CG steps at most")
+    seed: int = option(0, "seed for the subset, the randomization and random features")
+    max_memory_gb: float | None = option(
+        None, "GB this process may use (default: whatever is available)", name="--max-memory"
+    )
 
     def __post_init__(self):
         _check(self)
 
 
+@dataclass(frozen=True)
+class KernelOutputs:
+    """``rethink kernel``'s flags beyond the fit: a label-noise sweep, and where the results go."""
+
+    p_sweep: list[float] | None = option(
+        None,
+        "solve for every label corruption p in the list at once (one "
+        "factorization) and write the norm-vs-noise table and figure to --out",
+        type=floats,
+        metavar="P,P,...",
+    )
+    out: str = option("results/norm_vs_noise", "output folder for --p-sweep")
+    json: bool = option(False, "print the results as one JSON object on stdout")
+    quiet: bool = option(False, "no progress bars or estimate")
+
+
 def _check(c: KernelConfig) -> None:
-    for name, value, options in (("preprocess", c.preprocess, ("none", "standard")), ("randomize", c.randomize, KINDS),
-                                 ("kernel", c.kernel, KERNELS), ("features", c.features, feature_maps.FEATURES)):
+    for name, value, options in (
+        ("preprocess", c.preprocess, ("none", "standard")),
+        ("randomize", c.randomize, KINDS),
+        ("kernel", c.kernel, KERNELS),
+        ("features", c.features, feature_maps.FEATURES),
+    ):
         if value not in options:
-            raise UserError(f"--{name} {value!r} is not valid; choose one of {', '.join(options)}")
+            raise UserError(unknown_name(f"--{name}", value, options))
     if not 0.0 <= c.p <= 1.0:
         raise UserError(f"--p {c.p} is outside [0, 1]; give a corruption probability such as --p 0.5")
     if c.p and c.randomize != "partial-labels":
-        raise UserError(f"--p {c.p} only applies to --randomize partial-labels; drop --p or set --randomize partial-labels")
+        raise UserError(
+            f"--p {c.p} only applies to --randomize partial-labels; drop --p or set --randomize partial-labels"
+        )
     if not (math.isfinite(c.ridge) and c.ridge >= 0):
         raise UserError(f"--ridge {c.ridge} must be >= 0 (0, the default, is exact interpolation)")
     if not (math.isfinite(c.tol) and 0 < c.tol < 1):
@@ -123,12 +158,17 @@ def load_inputs(cfg: KernelConfig) -> Inputs:
     """Load, subset and randomize the data with the run's seed, preprocess, apply the feature map."""
     ds = load_dataset(cfg.dataset, cfg.data_dir)
     ds = subset(ds, cfg.train_size, cfg.test_size, generator(cfg.seed, "subset"), training=True)
-    r = randomize(cfg.randomize, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes,
-                  generator(cfg.seed, "randomize"), p=cfg.p)
+    r = randomize_dataset(cfg.randomize, ds, generator(cfg.seed, "randomize"), p=cfg.p)
     crop = resolve_crop(cfg.crop, ds.x_train.shape[-1])
     std = cfg.preprocess == "standard"
-    options = dict(seed=cfg.seed, filters=cfg.filters, filter_size=cfg.filter_size, pool=cfg.pool,
-                   orientations=cfg.orientations, scales=cfg.scales)
+    options = dict(
+        seed=cfg.seed,
+        filters=cfg.filters,
+        filter_size=cfg.filter_size,
+        pool=cfg.pool,
+        orientations=cfg.orientations,
+        scales=cfg.scales,
+    )
 
     def inputs(x):
         return feature_maps.compute_features(cfg.features, preprocess(torch.from_numpy(x), crop, std), **options)
@@ -140,8 +180,12 @@ def corrupted_labels(cfg: KernelConfig, inputs: Inputs, p: float) -> np.ndarray:
     """The training labels with corruption p, drawn exactly as ``rethink kernel --randomize
     partial-labels --p P`` (and ``rethink run``) draws them with the same seed."""
     ds = inputs.raw
-    return randomize("partial-labels", ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes,
-                     generator(cfg.seed, "randomize"), p=p).y_train
+    return randomize_dataset(
+        "partial-labels",
+        ds,
+        generator(cfg.seed, "randomize"),
+        p=p,
+    ).y_train
 
 
 def make_kernel(cfg: KernelConfig, x_train: torch.Tensor) -> Kernel:
@@ -157,8 +201,10 @@ def _check_rank(kernel: Kernel, n: int, d: int, ridge: float) -> None:
         return
     rank = d if kernel.name == "linear" else math.comb(d + kernel.degree, kernel.degree)
     if n > rank:
-        raise UserError(f"the {kernel.name} kernel matrix of {n} points in {d} dimensions has rank at most {rank} "
-                        f"and cannot be inverted; use --train-size {rank} or less, a --ridge, or another kernel")
+        raise UserError(
+            f"the {kernel.name} kernel matrix of {n} points in {d} dimensions has rank at most {rank} "
+            f"and cannot be inverted; use --train-size {rank} or less, a --ridge, or another kernel"
+        )
 
 
 def peak_memory_gb() -> float:
@@ -176,7 +222,9 @@ class Fit:
     estimate: Estimate
 
 
-def fit(cfg: KernelConfig, label_sets: list[np.ndarray], inputs: Inputs, log=print, progress: Progress = no_progress) -> Fit:
+def fit(
+    cfg: KernelConfig, label_sets: list[np.ndarray], inputs: Inputs, log=print, progress: Progress = no_progress
+) -> Fit:
     """Solve for one-hot targets of every label set in ``label_sets`` at once."""
     x_train, n, d = inputs.x_train, len(inputs.x_train), inputs.x_train.shape[1]
     kernel = make_kernel(cfg, x_train)
@@ -186,8 +234,9 @@ def fit(cfg: KernelConfig, label_sets: list[np.ndarray], inputs: Inputs, log=pri
     log(f"kernel {kernel.describe()} on {n} x {d} inputs; {estimate.describe()}")
     center = x_train.double().mean(0) if kernel.is_distance else None
     train = KernelData.from_inputs(kernel, x_train, center)
-    y = torch.cat([torch.nn.functional.one_hot(torch.from_numpy(labels), inputs.num_classes)
-                   for labels in label_sets], dim=1).double()
+    y = torch.cat(
+        [torch.nn.functional.one_hot(torch.from_numpy(labels), inputs.num_classes) for labels in label_sets], dim=1
+    ).double()
     solution = interpolate(kernel, train, y, cfg.ridge, cfg.tol, cfg.max_iter, progress=progress)
     t = time.perf_counter()
     test = KernelData.from_inputs(kernel, inputs.x_test, center)
@@ -207,9 +256,20 @@ def run_kernel(cfg: KernelConfig, log=print, progress: Progress = no_progress) -
     f = fit(cfg, [inputs.y_train], inputs, log, progress)
     s = f.solution
     return KernelResult(
-        n=len(inputs.x_train), n_test=len(inputs.x_test), d=inputs.x_train.shape[1], kernel=f.kernel.describe(),
-        bandwidth=f.kernel.bandwidth, train_error=error_rate(s.k_alpha, inputs.y_train),
-        test_error=error_rate(f.test_scores, inputs.y_test), rkhs_norm=s.rkhs_norm(), residual=s.history[-1],
-        seconds=time.perf_counter() - t0, peak_memory_gb=peak_memory_gb(), stage_seconds=s.seconds,
-        factor_gflops=s.factor_gflops, cg_iterations=s.iterations, residual_history=s.history,
-        estimate=asdict(f.estimate))
+        n=len(inputs.x_train),
+        n_test=len(inputs.x_test),
+        d=inputs.x_train.shape[1],
+        kernel=f.kernel.describe(),
+        bandwidth=f.kernel.bandwidth,
+        train_error=error_rate(s.k_alpha, inputs.y_train),
+        test_error=error_rate(f.test_scores, inputs.y_test),
+        rkhs_norm=s.rkhs_norm(),
+        residual=s.history[-1],
+        seconds=time.perf_counter() - t0,
+        peak_memory_gb=peak_memory_gb(),
+        stage_seconds=s.seconds,
+        factor_gflops=s.factor_gflops,
+        cg_iterations=s.iterations,
+        residual_history=s.history,
+        estimate=asdict(f.estimate),
+    )

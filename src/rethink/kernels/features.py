@@ -5,7 +5,8 @@
 * gabor: the modulus of a bank of complex Gabor wavelets (``orientations`` x ``scales``, on each
   channel), average-pooled to a ``pool`` x ``pool`` grid.
 
-Both take images (N, C, H, W) and return float32 features (N, F).
+Both take images (N, C, H, W) and return float32 features (N, F). A new feature map is one function
+decorated with ``FEATURES.register``, taking the images and the options of :func:`compute_features`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..registry import Registry
 from ..seeding import generator
 
-FEATURES = ("none", "random-conv", "gabor")
+#: Feature map name -> ``fn(x, *, seed, filters, filter_size, pool, orientations, scales)`` -> (N, F) float32.
+FEATURES: Registry = Registry("feature map")
 BATCH_VALUES = 2**26  # values of the largest intermediate per batch (256 MB in float32)
 
 
@@ -32,7 +35,7 @@ def _batched(x: torch.Tensor, fn, values_per_image: int) -> torch.Tensor:
     """fn over batches of ``x`` whose intermediates hold about BATCH_VALUES values."""
     batch = max(1, BATCH_VALUES // values_per_image)
     with torch.no_grad():
-        return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
+        return torch.cat([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
 def random_conv(x: torch.Tensor, filters: int = 1024, size: int = 5, pool: int = 2, seed: int = 0) -> torch.Tensor:
@@ -95,13 +98,35 @@ def gabor(x: torch.Tensor, orientations: int = 8, scales: int = 3, pool: int = 7
     return _batched(x.float(), fn, 2 * len(bank) * c * h * w)
 
 
-def compute_features(name: str, x: torch.Tensor, *, seed: int = 0, filters: int = 1024, filter_size: int = 5,
-                     pool: int | None = None, orientations: int = 8, scales: int = 3) -> torch.Tensor:
+@FEATURES.register("none", "the pixels, flattened")
+def _flattened(x: torch.Tensor, **options) -> torch.Tensor:
+    return x.reshape(len(x), -1).float()
+
+
+@FEATURES.register("random-conv", "one random convolutional layer, ReLU, average pooling (pool 2 by default)")
+def _random_conv(
+    x: torch.Tensor, *, seed: int, filters: int, filter_size: int, pool: int | None, **options
+) -> torch.Tensor:
+    return random_conv(x, filters, filter_size, 2 if pool is None else pool, seed)
+
+
+@FEATURES.register("gabor", "the modulus of a bank of complex Gabor wavelets, average pooling (pool 7 by default)")
+def _gabor(x: torch.Tensor, *, orientations: int, scales: int, pool: int | None, **options) -> torch.Tensor:
+    return gabor(x, orientations, scales, 7 if pool is None else pool)
+
+
+def compute_features(
+    name: str,
+    x: torch.Tensor,
+    *,
+    seed: int = 0,
+    filters: int = 1024,
+    filter_size: int = 5,
+    pool: int | None = None,
+    orientations: int = 8,
+    scales: int = 3,
+) -> torch.Tensor:
     """The named feature map of images ``x`` (N, C, H, W) as (N, F) float32; "none" flattens."""
-    if name == "none":
-        return x.reshape(len(x), -1).float()
-    if name == "random-conv":
-        return random_conv(x, filters, filter_size, 2 if pool is None else pool, seed)
-    if name == "gabor":
-        return gabor(x, orientations, scales, 7 if pool is None else pool)
-    raise UserError(f"--features {name!r} is not valid; choose one of {', '.join(FEATURES)}")
+    return FEATURES[name](
+        x, seed=seed, filters=filters, filter_size=filter_size, pool=pool, orientations=orientations, scales=scales
+    )

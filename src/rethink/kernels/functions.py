@@ -10,19 +10,20 @@ Every kernel has one scale, the bandwidth ``s`` (a length in input space):
 A block is computed in the dtype of its inputs (the solver always passes float64; the float32
 matrix stores rounded float64 tiles). Distance kernels are given centred data: the kernel does not
 change and the cancellation in |x|^2 + |y|^2 - 2<x, y> shrinks.
+
+A new kernel is one block function decorated with :func:`register`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import UserError
-
-KERNELS = ("gaussian", "laplacian", "polynomial", "linear")
-DISTANCE_KERNELS = ("gaussian", "laplacian")
+from ..registry import Registry
 
 #: The default Gaussian bandwidth is the median pairwise distance divided by this (see
 #: :func:`default_bandwidth`).
@@ -32,53 +33,77 @@ MEDIAN_SAMPLE = 1000
 
 
 @dataclass(frozen=True)
+class KernelFunction:
+    """A registered kernel: how :class:`Kernel` computes, describes and scales it."""
+
+    block: Callable  # (xa, xb, sqa, sqb, s, degree) -> k(xa_i, xb_j)
+    diagonal: Callable  # (x, sq, s, degree) -> k(x_i, x_i), exactly
+    formula: str  # str.format-ted with s (the bandwidth) and degree
+    bandwidth: Callable | None  # training inputs -> the default bandwidth; None: the kernel takes none
+    distance: bool = False  # a function of |x - y| alone, so it may be given centred data
+    uses_degree: bool = False
+
+
+#: Kernel name -> :class:`KernelFunction`.
+KERNELS: Registry[KernelFunction] = Registry("kernel")
+
+
+def register(
+    name: str,
+    description: str,
+    *,
+    formula: str,
+    diagonal: Callable,
+    bandwidth: Callable | None = None,
+    distance: bool = False,
+    uses_degree: bool = False,
+) -> Callable[[Callable], Callable]:
+    """Decorator registering ``block(xa, xb, sqa, sqb, s, degree)`` as kernel ``name`` (see :class:`KernelFunction`)."""
+
+    def decorator(block: Callable) -> Callable:
+        KERNELS.add(name, KernelFunction(block, diagonal, formula, bandwidth, distance, uses_degree), description)
+        return block
+
+    return decorator
+
+
+@dataclass(frozen=True)
 class Kernel:
     name: str
-    bandwidth: float | None = None  # None for the linear kernel
+    bandwidth: float | None = None  # None for a kernel without one (linear)
     degree: int = 2  # polynomial only
 
     def __post_init__(self):
-        if self.name not in KERNELS:
-            raise UserError(f"--kernel {self.name!r} is not valid; choose one of {', '.join(KERNELS)}")
-        if self.name == "linear":
+        f = self.function
+        if f.bandwidth is None:
             if self.bandwidth is not None:
-                raise UserError("--bandwidth does not apply to the linear kernel; drop it")
+                raise UserError(f"--bandwidth does not apply to the {self.name} kernel; drop it")
         elif self.bandwidth is None or not (math.isfinite(self.bandwidth) and self.bandwidth > 0):
-            raise UserError(f"--bandwidth {self.bandwidth} must be a positive number (or left out for the default rule)")
-        if self.name == "polynomial" and self.degree < 1:
+            raise UserError(
+                f"--bandwidth {self.bandwidth} must be a positive number (or left out for the default rule)"
+            )
+        if f.uses_degree and self.degree < 1:
             raise UserError(f"--degree {self.degree} must be a positive whole number")
 
     @property
+    def function(self) -> KernelFunction:
+        return KERNELS[self.name]
+
+    @property
     def is_distance(self) -> bool:
-        return self.name in DISTANCE_KERNELS
+        return self.function.distance
 
     def describe(self) -> str:
-        s = self.bandwidth
-        return {"gaussian": f"exp(-|x-y|^2 / (2 * {s:.4g}^2))", "laplacian": f"exp(-|x-y| / {s:.4g})",
-                "polynomial": f"(1 + <x,y> / {s:.4g}^2)^{self.degree}", "linear": "<x,y>"}[self.name]
+        return self.function.formula.format(s=self.bandwidth, degree=self.degree)
 
     def block(self, xa: torch.Tensor, xb: torch.Tensor, sqa: torch.Tensor, sqb: torch.Tensor) -> torch.Tensor:
         """k(xa_i, xb_j) for all i, j; ``sqa``/``sqb`` are the squared row norms of ``xa``/``xb``.
         One multiply and a few in-place passes over the block."""
-        if self.name == "linear":
-            return xa @ xb.T
-        s = self.bandwidth
-        if self.name == "polynomial":
-            return torch.addmm(xa.new_ones(()), xa, xb.T, alpha=1 / s**2).pow_(self.degree)
-        if self.name == "gaussian":  # -|x - y|^2 / (2 s^2), at most 0, then exp
-            c = 0.5 / s**2
-            e = torch.addmm(sqa[:, None], xa, xb.T, beta=-c, alpha=2 * c).sub_(sqb[None, :], alpha=c)
-            return e.clamp_(max=0).exp_()
-        d2 = torch.addmm(sqa[:, None], xa, xb.T, alpha=-2).add_(sqb[None, :]).clamp_(min=0)
-        return d2.sqrt_().mul_(-1 / s).exp_()
+        return self.function.block(xa, xb, sqa, sqb, self.bandwidth, self.degree)
 
     def diagonal(self, x: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
         """k(x_i, x_i), exactly (distance kernels: 1; no rounding from the distance formula)."""
-        if self.is_distance:
-            return torch.ones(len(x), dtype=x.dtype)
-        if self.name == "linear":
-            return sq.clone()
-        return (sq / self.bandwidth**2 + 1.0) ** self.degree
+        return self.function.diagonal(x, sq, self.bandwidth, self.degree)
 
 
 def median_distance(x: torch.Tensor) -> float:
@@ -89,6 +114,61 @@ def median_distance(x: torch.Tensor) -> float:
     d2 = (sq[:, None] + sq[None, :] - 2 * s @ s.T).clamp_(min=0)
     i, j = torch.triu_indices(len(s), len(s), 1)
     return math.sqrt(d2[i, j].median().item())
+
+
+def _median_rule(x: torch.Tensor) -> float:
+    m = median_distance(x)
+    if m == 0:
+        raise UserError("every sampled training input is the same; the kernel matrix would be singular")
+    return m
+
+
+def _ones(x: torch.Tensor, sq: torch.Tensor, s, degree) -> torch.Tensor:
+    return torch.ones(len(x), dtype=x.dtype)
+
+
+@register(
+    "gaussian",
+    "exp(-|x - y|^2 / (2 s^2))",
+    formula="exp(-|x-y|^2 / (2 * {s:.4g}^2))",
+    diagonal=_ones,
+    bandwidth=lambda x: _median_rule(x) / GAUSSIAN_MEDIAN_DIVISOR,
+    distance=True,
+)
+def _gaussian(xa, xb, sqa, sqb, s, degree):
+    c = 0.5 / s**2  # -|x - y|^2 / (2 s^2), at most 0, then exp
+    e = torch.addmm(sqa[:, None], xa, xb.T, beta=-c, alpha=2 * c).sub_(sqb[None, :], alpha=c)
+    return e.clamp_(max=0).exp_()
+
+
+@register(
+    "laplacian",
+    "exp(-|x - y| / s)",
+    formula="exp(-|x-y| / {s:.4g})",
+    diagonal=_ones,
+    bandwidth=_median_rule,
+    distance=True,
+)
+def _laplacian(xa, xb, sqa, sqb, s, degree):
+    d2 = torch.addmm(sqa[:, None], xa, xb.T, alpha=-2).add_(sqb[None, :]).clamp_(min=0)
+    return d2.sqrt_().mul_(-1 / s).exp_()
+
+
+@register(
+    "polynomial",
+    "(1 + <x, y> / s^2) ^ degree",
+    formula="(1 + <x,y> / {s:.4g}^2)^{degree}",
+    diagonal=lambda x, sq, s, degree: (sq / s**2 + 1.0) ** degree,
+    bandwidth=lambda x: math.sqrt((x.double() ** 2).sum(1).mean().item()),
+    uses_degree=True,
+)
+def _polynomial(xa, xb, sqa, sqb, s, degree):
+    return torch.addmm(xa.new_ones(()), xa, xb.T, alpha=1 / s**2).pow_(degree)
+
+
+@register("linear", "<x, y> (no bandwidth)", formula="<x,y>", diagonal=lambda x, sq, s, degree: sq.clone())
+def _linear(xa, xb, sqa, sqb, s, degree):
+    return xa @ xb.T
 
 
 def default_bandwidth(name: str, x: torch.Tensor) -> float | None:
@@ -105,11 +185,5 @@ def default_bandwidth(name: str, x: torch.Tensor) -> float | None:
     * linear: none.
     A scale-free rule: it follows the inputs through preprocessing and feature maps.
     """
-    if name == "linear":
-        return None
-    if name == "polynomial":
-        return math.sqrt((x.double() ** 2).sum(1).mean().item())
-    m = median_distance(x)
-    if m == 0:
-        raise UserError("every sampled training input is the same; the kernel matrix would be singular")
-    return m / GAUSSIAN_MEDIAN_DIVISOR if name == "gaussian" else m
+    rule = KERNELS[name].bandwidth
+    return None if rule is None else rule(x)

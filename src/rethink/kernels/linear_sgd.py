@@ -18,23 +18,29 @@ from ..api import resolve_crop
 from ..data import load_dataset, subset
 from ..data.transforms import preprocess
 from ..errors import UserError
+from ..flags import help_of, option
 from ..report import Figure, Output, Table
 from ..seeding import generator
+from ..spec import RunSpec
 from .features import compute_features
 
 
 @dataclass(frozen=True)
 class LinearSGDConfig:
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    train_size: int = 100
-    preprocess: str = "standard"  # per-image standardization: a far better conditioned X than raw pixels
-    features: str = "none"
-    steps: int = 100_000
-    batch_size: int = 1
-    lr: float | None = None  # None: 1 / max |x_i|^2, stable for every batch
-    record_every: int = 500
-    seed: int = 0
+    """One ``rethink linear-sgd`` experiment; each field is one of its flags (see flags.py)."""
+
+    dataset: str = option("fashion-mnist", help_of(RunSpec, "dataset"))
+    data_dir: str | None = option(None, help_of(RunSpec, "data_dir"))
+    train_size: int = option(100, "n, fewer than the input dimensions")
+    preprocess: str = option(
+        "standard", "standard (per-image standardization: a far better conditioned X than raw pixels) or none"
+    )
+    features: str = option("none", "none or random-conv/gabor (more dimensions)")
+    steps: int = option(100_000, "SGD steps")
+    batch_size: int = option(1, "examples per step")
+    lr: float | None = option(None, "constant learning rate (default: 1 / max |x_i|^2, stable for every batch)")
+    record_every: int = option(500, "record the distances every N steps")
+    seed: int = option(0, "seed for the subset, the outside start and the order")
 
     def __post_init__(self):
         if self.preprocess not in ("none", "standard"):
@@ -46,6 +52,14 @@ class LinearSGDConfig:
             raise UserError(f"--batch-size {self.batch_size} is larger than --train-size {self.train_size}")
         if self.lr is not None and not self.lr > 0:
             raise UserError(f"--lr {self.lr} must be positive (or left out: 1 / max |x_i|^2)")
+
+
+@dataclass(frozen=True)
+class LinearSGDOutputs:
+    """``rethink linear-sgd``'s flags beyond the experiment: where the results go."""
+
+    out: str = option("results/linear_sgd", "output folder for the figure and table")
+    json: bool = option(False, "print the final distances as one JSON object on stdout")
 
 
 @dataclass
@@ -62,12 +76,16 @@ class LinearSGDResult:
 def _data(cfg: LinearSGDConfig) -> tuple[np.ndarray, np.ndarray]:
     ds = load_dataset(cfg.dataset, cfg.data_dir)
     ds = subset(ds, cfg.train_size, None, generator(cfg.seed, "subset"))
-    x = preprocess(torch.from_numpy(ds.x_train), resolve_crop("auto", ds.x_train.shape[-1]), cfg.preprocess == "standard")
+    x = preprocess(
+        torch.from_numpy(ds.x_train), resolve_crop("auto", ds.x_train.shape[-1]), cfg.preprocess == "standard"
+    )
     x = compute_features(cfg.features, x, seed=cfg.seed).double().numpy()
     n, d = x.shape
     if n >= d:
-        raise UserError(f"linear-sgd needs fewer examples than dimensions, but n = {n} >= d = {d}; "
-                        f"use --train-size {d - 1} or less, or --features random-conv")
+        raise UserError(
+            f"linear-sgd needs fewer examples than dimensions, but n = {n} >= d = {d}; "
+            f"use --train-size {d - 1} or less, or --features random-conv"
+        )
     return x, np.eye(ds.num_classes)[ds.y_train]
 
 
@@ -102,7 +120,7 @@ def linear_sgd(cfg: LinearSGDConfig) -> LinearSGDResult:
                 runs[name]["loss"].append(0.5 * float(((x @ w - y) ** 2).sum(1).mean()))
         if step == cfg.steps:
             break
-        idx = batches[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        idx = batches[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         xb, yb = x[idx], y[idx]
         for w in starts.values():
             w -= (lr / cfg.batch_size) * (xb.T @ (xb @ w - yb))
@@ -114,17 +132,30 @@ def linear_sgd(cfg: LinearSGDConfig) -> LinearSGDResult:
 
 def report(cfg: LinearSGDConfig, result: LinearSGDResult) -> Output:
     """A table of where each start ends and a figure of its distances over steps."""
-    caption = (f"{cfg.dataset}, n = {result.n} examples in d = {result.d} dimensions (preprocess {cfg.preprocess}, "
-               f"features {cfg.features}), one-hot targets, squared loss; SGD with batch {cfg.batch_size}, "
-               f"constant learning rate {result.lr:.3g}, {cfg.steps:,} steps, seed {cfg.seed}. |W*| = "
-               f"{result.min_norm:.4g} (W* = X^+ Y, the minimum-norm solution); the second start has "
-               f"|(I - P) W0| = {result.outside:.4g} outside the data span.")
-    rows = [[name, f"{r['loss'][-1]:.2e}", f"{r['to_min_norm'][-1]:.3e}", f"{r['to_min_norm'][-1] / result.min_norm:.2e}",
-             f"{r['to_span'][-1]:.3e}"] for name, r in result.runs.items()]
-    table = Table("linear_sgd", ["start", "final training loss", "|W - W*|", "|W - W*| / |W*|",
-                                 "distance to the data span"], rows, caption)
-    return Output("linear_sgd", f"n={result.n}", [table], [Figure("linear_sgd", _plot(result), caption)],
-                  [asdict(cfg)])
+    caption = (
+        f"{cfg.dataset}, n = {result.n} examples in d = {result.d} dimensions (preprocess {cfg.preprocess}, "
+        f"features {cfg.features}), one-hot targets, squared loss; SGD with batch {cfg.batch_size}, "
+        f"constant learning rate {result.lr:.3g}, {cfg.steps:,} steps, seed {cfg.seed}. |W*| = "
+        f"{result.min_norm:.4g} (W* = X^+ Y, the minimum-norm solution); the second start has "
+        f"|(I - P) W0| = {result.outside:.4g} outside the data span."
+    )
+    rows = [
+        [
+            name,
+            f"{r['loss'][-1]:.2e}",
+            f"{r['to_min_norm'][-1]:.3e}",
+            f"{r['to_min_norm'][-1] / result.min_norm:.2e}",
+            f"{r['to_span'][-1]:.3e}",
+        ]
+        for name, r in result.runs.items()
+    ]
+    table = Table(
+        "linear_sgd",
+        ["start", "final training loss", "|W - W*|", "|W - W*| / |W*|", "distance to the data span"],
+        rows,
+        caption,
+    )
+    return Output("linear_sgd", f"n={result.n}", [table], [Figure("linear_sgd", _plot(result), caption)], [asdict(cfg)])
 
 
 def _plot(result: LinearSGDResult):

@@ -32,23 +32,50 @@ def norm_vs_noise(cfg: KernelConfig, ps=DEFAULT_PS, log=print, progress: Progres
     rows = []
     for i, (p, y) in enumerate(zip(ps, labels)):
         cols = slice(i * c, (i + 1) * c)  # this label set's one-hot columns
-        rows.append({"p": p, "changed": float((y != inputs.raw.y_train).mean()),
-                     "train_error": error_rate(s.k_alpha[:, cols], y),
-                     "test_error": error_rate(f.test_scores[:, cols], inputs.y_test), "rkhs_norm": s.rkhs_norm(cols),
-                     "residual": s.residual(f.y, cols)})
+        rows.append(
+            {
+                "p": p,
+                "changed": float((y != inputs.raw.y_train).mean()),
+                "train_error": error_rate(s.k_alpha[:, cols], y),
+                "test_error": error_rate(f.test_scores[:, cols], inputs.y_test),
+                "rkhs_norm": s.rkhs_norm(cols),
+                "residual": s.residual(f.y, cols),
+            }
+        )
     n, seconds = len(inputs.x_train), time.perf_counter() - t0
-    caption = (f"{cfg.dataset}, {n:,} training / {len(inputs.x_test):,} test points, features {cfg.features}, "
-               f"kernel {f.kernel.describe()}, ridge {cfg.ridge:g}, seed {cfg.seed}: the minimum-norm interpolant of "
-               f"one-hot labels, each corrupted with probability p (a uniform class), test labels clean. "
-               f"All levels solved from one factorization in {seconds:.0f} s, peak memory "
-               f"{peak_memory_gb():.1f} GB. The paper reports RKHS norms on MNIST of about 220 (raw pixels) and "
-               f"390 (Gabor features) at p = 0, with no numbers for noisy labels.")
-    table = Table("norm_vs_noise", ["p", "labels changed", "train error", "test error", "RKHS norm", "residual"],
-                  [[f"{r['p']:g}", f"{r['changed']:.3f}", f"{r['train_error']:.4f}", f"{r['test_error']:.4f}",
-                    f"{r['rkhs_norm']:.1f}", f"{r['residual']:.1e}"] for r in rows], caption)
+    caption = (
+        f"{cfg.dataset}, {n:,} training / {len(inputs.x_test):,} test points, features {cfg.features}, "
+        f"kernel {f.kernel.describe()}, ridge {cfg.ridge:g}, seed {cfg.seed}: the minimum-norm interpolant of "
+        f"one-hot labels, each corrupted with probability p (a uniform class), test labels clean. "
+        f"All levels solved from one factorization in {seconds:.0f} s, peak memory "
+        f"{peak_memory_gb():.1f} GB. The paper reports RKHS norms on MNIST of about 220 (raw pixels) and "
+        f"390 (Gabor features) at p = 0, with no numbers for noisy labels."
+    )
+    table = Table(
+        "norm_vs_noise",
+        ["p", "labels changed", "train error", "test error", "RKHS norm", "residual"],
+        [
+            [
+                f"{r['p']:g}",
+                f"{r['changed']:.3f}",
+                f"{r['train_error']:.4f}",
+                f"{r['test_error']:.4f}",
+                f"{r['rkhs_norm']:.1f}",
+                f"{r['residual']:.1e}",
+            ]
+            for r in rows
+        ],
+        caption,
+    )
     figure = Figure("norm_vs_noise", _plot(rows, c), caption)
-    summary = {"n": n, "n_test": len(inputs.x_test), "kernel": f.kernel.describe(), "seconds": seconds,
-               "peak_memory_gb": peak_memory_gb(), "rows": rows}
+    summary = {
+        "n": n,
+        "n_test": len(inputs.x_test),
+        "kernel": f.kernel.describe(),
+        "seconds": seconds,
+        "peak_memory_gb": peak_memory_gb(),
+        "rows": rows,
+    }
     return Output("norm_vs_noise", f"n={n}", [table], [figure], [asdict(cfg)]), summary
 
 
@@ -61,8 +88,11 @@ def _plot(rows, num_classes: int):
     ps = [r["p"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ps, [r["rkhs_norm"] for r in rows], "o-")
-    a.set(xlabel="label corruption p", ylabel="RKHS norm sqrt(trace(alpha^T K alpha))",
-          title="(a) norm of the minimum-norm interpolant")
+    a.set(
+        xlabel="label corruption p",
+        ylabel="RKHS norm sqrt(trace(alpha^T K alpha))",
+        title="(a) norm of the minimum-norm interpolant",
+    )
     b.plot(ps, [r["test_error"] for r in rows], "o-", label="test error")
     b.plot(ps, [r["train_error"] for r in rows], "s--", label="training error")
     b.axhline(1 - 1 / num_classes, color="gray", lw=0.8, ls=":", label="chance")

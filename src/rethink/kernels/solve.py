@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -50,7 +50,7 @@ class KernelData:
     sq: torch.Tensor
 
     @classmethod
-    def from_inputs(cls, kernel: Kernel, x, center: torch.Tensor | None = None) -> "KernelData":
+    def from_inputs(cls, kernel: Kernel, x, center: torch.Tensor | None = None) -> KernelData:
         """``center``: for distance kernels, one shift (the training mean) for all data that meet."""
         x = torch.as_tensor(x).reshape(len(x), -1).to(torch.float64, copy=True)
         if kernel.is_distance:
@@ -71,7 +71,7 @@ def _lower_tiles(kernel: Kernel, data: KernelData, progress: Progress = no_progr
     diag = kernel.diagonal(data.x, data.sq)
     done, total = 0, len(tiles) * (len(tiles) + 1) // 2
     for i, (i0, i1) in enumerate(tiles):
-        for j0, j1 in tiles[:i + 1]:
+        for j0, j1 in tiles[: i + 1]:
             blk = kernel.block(data.x[i0:i1], data.x[j0:j1], data.sq[i0:i1], data.sq[j0:j1])
             if i0 == j0:
                 blk.diagonal().copy_(diag[i0:i1])
@@ -81,8 +81,9 @@ def _lower_tiles(kernel: Kernel, data: KernelData, progress: Progress = no_progr
                 progress(stage, done, total)
 
 
-def build_kernel(kernel: Kernel, data: KernelData, out: torch.Tensor, ridge: float = 0.0,
-                 progress: Progress = no_progress) -> torch.Tensor:
+def build_kernel(
+    kernel: Kernel, data: KernelData, out: torch.Tensor, ridge: float = 0.0, progress: Progress = no_progress
+) -> torch.Tensor:
     """Write K + ridge I into the lower triangle of the float32 ``out`` (n, n), tile by tile.
 
     Above the diagonal only the diagonal tiles are written: the rest of the upper triangle is
@@ -190,8 +191,16 @@ def _ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b > 0, a / b.clamp(min=torch.finfo(b.dtype).tiny), torch.zeros_like(b))
 
 
-def pcg(kernel: Kernel, data: KernelData, y: torch.Tensor, factor: torch.Tensor, ridge: float = 0.0,
-        tol: float = 1e-10, max_iter: int = 30, progress: Progress = no_progress):
+def pcg(
+    kernel: Kernel,
+    data: KernelData,
+    y: torch.Tensor,
+    factor: torch.Tensor,
+    ridge: float = 0.0,
+    tol: float = 1e-10,
+    max_iter: int = 30,
+    progress: Progress = no_progress,
+):
     """Solve (K + ridge I) alpha = y for every column at once: one CG per column, run in lockstep
     so that they share each pass over K, preconditioned by the float32 factor and started from
     its solution. Stops when every column's relative residual is below ``tol``, then recomputes
@@ -222,8 +231,16 @@ def pcg(kernel: Kernel, data: KernelData, y: torch.Tensor, factor: torch.Tensor,
     return alpha, k_alpha, it, history
 
 
-def interpolate(kernel: Kernel, data: KernelData, y: torch.Tensor, ridge: float = 0.0, tol: float = 1e-10,
-                max_iter: int = 30, block: int = FACTOR_BLOCK, progress: Progress = no_progress) -> Solution:
+def interpolate(
+    kernel: Kernel,
+    data: KernelData,
+    y: torch.Tensor,
+    ridge: float = 0.0,
+    tol: float = 1e-10,
+    max_iter: int = 30,
+    block: int = FACTOR_BLOCK,
+    progress: Progress = no_progress,
+) -> Solution:
     """alpha with (K + ridge I) alpha = y (float64), through the in-place float32 factorization."""
     n = len(data.x)
     seconds = {}
@@ -235,8 +252,10 @@ def interpolate(kernel: Kernel, data: KernelData, y: torch.Tensor, ridge: float 
         cholesky_(a, block, progress)
     except NotPositiveDefinite as e:
         fix = "pass a smaller --bandwidth" if kernel.is_distance else "use another kernel"
-        raise UserError(f"the {n} x {n} kernel matrix is not positive definite in float32 ({e}); {fix} "
-                        "or a small --ridge (e.g. 1e-6)") from None
+        raise UserError(
+            f"the {n} x {n} kernel matrix is not positive definite in float32 ({e}); {fix} "
+            "or a small --ridge (e.g. 1e-6)"
+        ) from None
     seconds["factor"] = time.perf_counter() - t
     t = time.perf_counter()
     alpha, k_alpha, it, history = pcg(kernel, data, y, a, ridge, tol, max_iter, progress)

@@ -11,60 +11,36 @@ the initialization.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import os
 import sys
-from typing import Callable
 
 import torch
 from torch import nn
 
 from rethink.errors import UserCodeError, UserError
-from rethink.models import alexnet as _alexnet
-from rethink.models import inception as _inception
-from rethink.models import inception_v3 as _inception_v3
-from rethink.models import mlp as _mlp
+from rethink.models.registry import MODELS, Factory, register
 
-__all__ = ["build", "register", "model_names", "describe", "num_params"]
+# Importing the families registers their models, in this order (the order names are listed in).
+# isort: off
+from rethink.models import mlp, alexnet, inception, inception_v3  # noqa: F401
+# isort: on
 
-Factory = Callable[..., nn.Module]
+__all__ = ["build", "register", "model_names", "describe", "num_params", "options_of", "MODELS"]
 
-_REGISTRY: dict[str, tuple[Factory, str]] = {}
-
-USER_MODEL_FORM = (
-    "--model mypkg.nets:make_model, where make_model(input_shape, num_classes) returns a torch.nn.Module"
-)
+USER_MODEL_FORM = "--model mypkg.nets:make_model, where make_model(input_shape, num_classes) returns a torch.nn.Module"
 TRACEBACK_HINT = "rethink --debug or RETHINK_DEBUG=1 shows its traceback"
-
-
-def register(name: str, description: str) -> Callable[[Factory], Factory]:
-    """Decorator registering ``factory(input_shape, num_classes, *, option=default, ...)``.
-
-    Options are the factory's keyword parameters after the first two; :func:`build` rejects
-    any other option with a :class:`UserError`.
-    """
-    if not name or ":" in name or name != name.strip():
-        raise ValueError(f"invalid model name {name!r}: must be non-empty, without ':' or surrounding spaces")
-
-    def decorator(factory: Factory) -> Factory:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = (factory, " ".join(description.split()))
-        return factory
-
-    return decorator
 
 
 def model_names() -> list[str]:
     """Registered model names, in registration order."""
-    return list(_REGISTRY)
+    return MODELS.names()
 
 
 def describe() -> list[tuple[str, str]]:
     """``(name, description)`` for every registered model, in registration order."""
-    return [(name, desc) for name, (_, desc) in _REGISTRY.items()]
+    return MODELS.describe()
 
 
 def num_params(module: nn.Module) -> int:
@@ -84,7 +60,7 @@ def build(name: str, input_shape: tuple[int, int, int], num_classes: int, **opti
     model (``package.module:factory``) that cannot be imported or does not return an nn.Module.
     """
     if not isinstance(name, str) or not name.strip():
-        raise UserError(f"model name must be a non-empty string, got {name!r}; choose one of: {', '.join(_REGISTRY)}")
+        raise UserError(f"model name must be a non-empty string, got {name!r}; choose one of: {', '.join(MODELS)}")
     name = name.strip()
     if ":" in name:
         return _build_user_model(name, input_shape, num_classes, options)
@@ -93,26 +69,16 @@ def build(name: str, input_shape: tuple[int, int, int], num_classes: int, **opti
     unknown = [k for k in options if k not in allowed]
     if unknown:
         takes = ", ".join(allowed) if allowed else "no options"
-        raise UserError(
-            f"model {name!r} has no option {unknown[0]!r}; it takes: {takes}"
-        )
+        raise UserError(f"model {name!r} has no option {unknown[0]!r}; it takes: {takes}")
     return factory(input_shape, num_classes, **options)
 
 
 def _lookup(name: str) -> Factory:
-    try:
-        return _REGISTRY[name][0]
-    except KeyError:
-        pass
-    valid = list(_REGISTRY)
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    if not close:
-        close = [v for v in valid if v.lower() == name.lower()]
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    own = ""
-    if "." in name:
-        own = f" To use your own model write package.module:factory, e.g. {USER_MODEL_FORM}."
-    raise UserError(f"unknown model {name!r}; {hint}valid models: {', '.join(valid)}.{own}")
+    if name in MODELS:
+        return MODELS[name]
+    # A dotted name is most likely a user model missing its ':', so the message shows that form.
+    own = f"; to use your own model write package.module:factory, e.g. {USER_MODEL_FORM}" if "." in name else ""
+    raise UserError(MODELS.unknown(name) + own)
 
 
 def _option_names(factory: Factory) -> list[str]:
@@ -174,9 +140,7 @@ def _build_user_model(spec: str, input_shape, num_classes, options: dict) -> nn.
         detail = " ".join(f"{type(e).__name__}: {e}".split())
         raise UserCodeError(f"model factory {spec!r} raised {detail}; fix the factory ({TRACEBACK_HINT})") from e
     if not isinstance(model, nn.Module):
-        raise UserError(
-            f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module; expected {USER_MODEL_FORM}"
-        )
+        raise UserError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module; expected {USER_MODEL_FORM}")
     _check_output(spec, model, shape, int(num_classes))
     return model
 
@@ -209,13 +173,3 @@ def _check_output(spec: str, model: nn.Module, input_shape: tuple[int, ...], num
             f"model {spec!r} returned {got} for a batch of shape {(2, *input_shape)}; "
             f"it must return logits of shape (N, {num_classes})"
         )
-
-
-register("mlp", "multilayer perceptron; options hidden (units per layer, default (512,)), dropout, width")(_mlp.mlp)
-register("mlp1x512", "MLP with one hidden layer of 512 units (paper's MLP 1x512)")(_mlp.mlp1x512)
-register("mlp3x512", "MLP with three hidden layers of 512 units (paper's MLP 3x512)")(_mlp.mlp3x512)
-register("alexnet", "paper's small AlexNet: 2x [conv5x5 64, max-pool, LRN], FC 384, FC 192")(_alexnet.alexnet)
-register("inception", "paper's small Inception with batch norm (shift only)")(_inception.inception)
-register("inception-nobn", "paper's small Inception without batch norm (conv biases instead)")(_inception.inception_nobn)
-register("inception-v3", "Inception V3 for ImageNet (torchvision's), inputs of 75x75 or more; option dropout; "
-         "needs rethink[imagenet]")(_inception_v3.inception_v3)

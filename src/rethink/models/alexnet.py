@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rethink.models._common import check_dropout, check_input, check_width, dropout_layer, scaled
+from rethink.models.registry import register
 
 LRN_SIZE = 9
 LRN_ALPHA = 0.001
@@ -36,8 +37,9 @@ class LocalResponseNorm(nn.Module):
     """``nn.LocalResponseNorm(size, alpha, beta, k)`` for ``channels`` channels, with the sums of
     squares over each channel window taken by a 1x1 convolution with a band of ones."""
 
-    def __init__(self, channels: int, size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA,
-                 k: float = LRN_K):
+    def __init__(
+        self, channels: int, size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA, k: float = LRN_K
+    ):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
         out, inp = torch.arange(channels)[:, None], torch.arange(channels)[None, :]
@@ -58,6 +60,7 @@ def _pooled(n: int) -> int:
     return (n + 2 - 3) // 2 + 1
 
 
+@register("alexnet", "paper's small AlexNet: 2x [conv5x5 64, max-pool, LRN], FC 384, FC 192")
 def alexnet(input_shape, num_classes, *, dropout: float = 0.0, width: float = 1.0) -> nn.Sequential:
     """The paper's small AlexNet (1,387,786 parameters for 3x28x28 inputs and 10 classes).
 
@@ -90,5 +93,10 @@ def alexnet(input_shape, num_classes, *, dropout: float = 0.0, width: float = 1.
         ("out", nn.Linear(fc2, num_classes)),
     ]
     return nn.Sequential(
-        OrderedDict([("features", nn.Sequential(OrderedDict(feature_layers))), ("classifier", nn.Sequential(OrderedDict(classifier)))])
+        OrderedDict(
+            [
+                ("features", nn.Sequential(OrderedDict(feature_layers))),
+                ("classifier", nn.Sequential(OrderedDict(classifier))),
+            ]
+        )
     )

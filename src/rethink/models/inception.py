@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from rethink.models._common import GlobalAvgPool, check_dropout, check_input, check_width, dropout_layer, scaled
+from rethink.models.registry import register
 
 
 class ShiftBatchNorm2d(nn.BatchNorm2d):
@@ -49,7 +50,9 @@ class ConvModule(nn.Sequential):
     PyTorch's default keeps a third of the signal's variance per layer, so twenty layers without a
     normalization hand the classifier nothing and the network stays at chance."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, batch_norm: bool = True):
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, batch_norm: bool = True
+    ):
         layers: list[tuple[str, nn.Module]] = [
             ("conv", nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=not batch_norm))
         ]
@@ -126,11 +129,13 @@ def _build(input_shape, num_classes, dropout, width, batch_norm: bool) -> nn.Seq
     return nn.Sequential(OrderedDict(layers))
 
 
+@register("inception", "paper's small Inception with batch norm (shift only)")
 def inception(input_shape, num_classes, *, dropout: float = 0.0, width: float = 1.0) -> nn.Sequential:
     """The paper's small Inception with batch norm (shift only). ``dropout`` acts before the last layer."""
     return _build(input_shape, num_classes, dropout, width, batch_norm=True)
 
 
+@register("inception-nobn", "paper's small Inception without batch norm (conv biases instead)")
 def inception_nobn(input_shape, num_classes, *, dropout: float = 0.0, width: float = 1.0) -> nn.Sequential:
     """The small Inception without batch norm (conv biases instead). ``dropout`` acts before the last layer."""
     return _build(input_shape, num_classes, dropout, width, batch_norm=False)

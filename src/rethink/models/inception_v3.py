@@ -11,11 +11,16 @@ from torch import nn
 
 from rethink.errors import UserError
 from rethink.models._common import check_dropout, check_input
+from rethink.models.registry import register
 
 MIN_SIDE = 75  # the smallest input torchvision's Inception V3 reduces to a valid feature map
 EXTRA = "pip install 'rethink[imagenet]'"
 
 
+@register(
+    "inception-v3",
+    "Inception V3 for ImageNet (torchvision's), inputs of 75x75 or more; option dropout; needs rethink[imagenet]",
+)
 def inception_v3(input_shape, num_classes, *, dropout: float = 0.0) -> nn.Module:
     (c, h, w), k = check_input(input_shape, num_classes)
     p = check_dropout(dropout)
@@ -24,6 +29,8 @@ def inception_v3(input_shape, num_classes, *, dropout: float = 0.0) -> nn.Module
     except Exception as e:  # noqa: BLE001 - not installed, or built for another torch (fails on import)
         raise UserError(f"--model inception-v3 needs torchvision ({type(e).__name__}: {e}); {EXTRA}") from None
     if c != 3 or min(h, w) < MIN_SIDE:
-        raise UserError(f"inception-v3 takes RGB images of at least {MIN_SIDE}x{MIN_SIDE}, not {c}x{h}x{w}; "
-                        "stream an image folder with --stream --image-size 299 (or at least 75)")
+        raise UserError(
+            f"inception-v3 takes RGB images of at least {MIN_SIDE}x{MIN_SIDE}, not {c}x{h}x{w}; "
+            "stream an image folder with --stream --image-size 299 (or at least 75)"
+        )
     return Inception3(num_classes=k, aux_logits=False, transform_input=False, init_weights=True, dropout=p)

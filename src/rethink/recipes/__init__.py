@@ -10,55 +10,22 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 from .. import api, distributed
 from ..errors import UserError
 from ..report import Output, close, save
 from ..store import Store
 from ..sweep import run_sweep
-from . import figure1, figure2, table2, tables
-from .common import PROTOCOLS, SCALES, protocol
+from .common import PROTOCOLS, RECIPES, SCALES, Recipe
 
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    description: str
-    specs: Callable  # (protocol, options, seeds) -> list[RunSpec]
-    render: Callable  # (results, protocol, options, seeds) -> (figures, tables)
-    protocols: dict = field(default_factory=dict)  # scale -> this recipe's own protocol (default: the scale's)
-
-    def protocol(self, scale: str):
-        return self.protocols.get(scale) or protocol(scale)
-
-
-RECIPES = {r.name: r for r in [
-    Recipe("figure1a", "learning curves of Inception under the five randomization tests", figure1.specs_1a,
-           figure1.render_1a),
-    Recipe("figure1b", "time to overfit vs label corruption (Inception, AlexNet, MLP 1x512)", figure1.specs_p,
-           figure1.render_1b, figure1.P_PROTOCOLS),
-    Recipe("figure1c", "test error vs label corruption (Inception, AlexNet, MLP 1x512)", figure1.specs_p,
-           figure1.render_1c, figure1.P_PROTOCOLS),
-    Recipe("figure2b", "Inception with and without batch norm: accuracy curves, early-stopping gain",
-           figure2.specs_2b, figure2.render_2b),
-    Recipe("table1", "train/test accuracy with and without random crop and weight decay, random labels",
-           tables.specs_table1, tables.render_table1),
-    Recipe("table4", "random labels with weight decay, random cropping, augmentation", tables.specs_table4,
-           tables.render_table4, tables.TABLE4_PROTOCOLS),
-    Recipe("table2", "ImageNet, Inception V3: regularizers on and off, random labels; top-1, top-5, best test",
-           table2.specs_table2, table2.render_table2),
-]}
+# Importing the recipe modules registers their recipes, in this order (the order names are listed in).
+# isort: off
+from . import figure1, figure2, tables, table2  # noqa: F401
+# isort: on
 
 
 def get(name: str) -> Recipe:
-    if name not in RECIPES:
-        import difflib
-
-        near = difflib.get_close_matches(name, RECIPES, n=1)
-        hint = f"did you mean {near[0]!r}? " if near else ""
-        raise UserError(f"unknown recipe {name!r}; {hint}choose one of {', '.join(RECIPES)}")
+    """The recipe called ``name``; a UserError naming the nearest recipes when there is none."""
     return RECIPES[name]
 
 
@@ -72,9 +39,20 @@ def recipe_specs(name: str, scale: str, options: dict, seeds: int):
 def render(name: str, scale: str, options: dict, seeds: int, results) -> Output:
     recipe = get(name)
     figures, tabs = recipe.render(results, recipe.protocol(scale), options, seeds)
-    runs = [{"run_id": r.run_id, "status": r.status, "model": r.spec.model, "randomize": r.spec.randomize,
-             "p": r.spec.p, "seed": r.spec.seed, "train_acc": r.train_acc, "test_acc": r.test_acc,
-             "time_to_fit": r.time_to_fit} for r in results]
+    runs = [
+        {
+            "run_id": r.run_id,
+            "status": r.status,
+            "model": r.spec.model,
+            "randomize": r.spec.randomize,
+            "p": r.spec.p,
+            "seed": r.spec.seed,
+            "train_acc": r.train_acc,
+            "test_acc": r.test_acc,
+            "time_to_fit": r.time_to_fit,
+        }
+        for r in results
+    ]
     return Output(name, scale, tabs, figures, [r.spec.to_dict() for r in results], runs)
 
 
@@ -106,16 +84,17 @@ def reproduce(
     results = run_sweep(specs, db, executor=executor, workers=workers, progress=progress, compile=compile)
     failed = [r.run_id for r in results if r.status == "failed"]
     if failed:
-        raise UserError(f"{len(failed)} runs failed ({', '.join(failed)}; see 'rethink runs'); "
-                        "run the same command again to retry them")
+        raise UserError(
+            f"{len(failed)} runs failed ({', '.join(failed)}; see 'rethink runs'); "
+            "run the same command again to retry them"
+        )
     if distributed.rank() == 0:  # under torchrun, rank 0 alone writes the store and the files
         db.record_recipe(name, scale, {**options, "seeds": seeds}, [r.run_id for r in results])
     output = render(name, scale, options, seeds, results)
     paths = save(output, out) if distributed.rank() == 0 else []
     close(output)
     if progress:
-        print(f"{name} ({scale}): {len(results)} runs, {time.perf_counter() - t0:.0f} s; wrote {out}/",
-              file=sys.stderr)
+        print(f"{name} ({scale}): {len(results)} runs, {time.perf_counter() - t0:.0f} s; wrote {out}/", file=sys.stderr)
     return output, paths
 
 

@@ -7,14 +7,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..report import Figure, Table
-from .common import LABELS, fmt, group, make_spec, mean_std
+from .common import LABELS, add_recipe, fmt, group, make_spec, mean_std
 
 MODELS = ("inception", "inception-nobn")
 
 
 def specs_2b(proto, options, seeds):
-    return [make_spec(proto, options, m, s, randomize="none", stop_on_fit=False, epochs=proto.budget_of(m))
-            for m in MODELS for s in range(seeds)]
+    return [
+        make_spec(proto, options, m, s, randomize="none", stop_on_fit=False, epochs=proto.budget_of(m))
+        for m in MODELS
+        for s in range(seeds)
+    ]
 
 
 def render_2b(results, proto, options, seeds):
@@ -39,13 +42,33 @@ def render_2b(results, proto, options, seeds):
         final = mean_std([r.summary["test_acc"] for r in rs])
         best_each = mean_std([max(e["test_acc"] for e in r.evals) for r in rs])
         train_final = mean_std([r.summary["train_acc"] for r in rs])
-        rows.append([LABELS[model], fmt(*train_final, 2, 100, seeds), fmt(*final, 2, 100, seeds),
-                     fmt(*best_each, 2, 100, seeds), fmt(best_each[0] - final[0], 0, 2, 100)])
+        rows.append(
+            [
+                LABELS[model],
+                fmt(*train_final, 2, 100, seeds),
+                fmt(*final, 2, 100, seeds),
+                fmt(*best_each, 2, 100, seeds),
+                fmt(best_each[0] - final[0], 0, 2, 100),
+            ]
+        )
     axes[0].set_ylabel("accuracy")
-    caption = (f"{LABELS['inception']} with and without batch norm, true labels, no weight decay, dropout or "
-               f"augmentation. {proto.caption(options, results)} Mean over {seeds} seed(s).")
-    table = Table("figure2b", ["model", "final train acc %", "final test acc %", "best test acc %",
-                               "early-stopping gain (points)"], rows, caption,
-                  ["Paper (Figure 2b, CIFAR-10): batch norm is worth 3-4 points of test accuracy; "
-                   "early stopping gains little on CIFAR-10."])
+    caption = (
+        f"{LABELS['inception']} with and without batch norm, true labels, no weight decay, dropout or "
+        f"augmentation. {proto.caption(options, results)} Mean over {seeds} seed(s)."
+    )
+    table = Table(
+        "figure2b",
+        ["model", "final train acc %", "final test acc %", "best test acc %", "early-stopping gain (points)"],
+        rows,
+        caption,
+        [
+            "Paper (Figure 2b, CIFAR-10): batch norm is worth 3-4 points of test accuracy; "
+            "early stopping gains little on CIFAR-10."
+        ],
+    )
     return [Figure("figure2b", fig, caption)], [table]
+
+
+add_recipe(
+    "figure2b", "Inception with and without batch norm: accuracy curves, early-stopping gain", specs_2b, render_2b
+)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..report import Table
-from .common import LABELS, PROTOCOLS, fmt, group, make_spec, mean_std
+from .common import LABELS, PROTOCOLS, add_recipe, fmt, group, make_spec, mean_std
 
 # (model, random crop, weight decay, randomize) -> paper's (train %, test %), Table 1.
 TABLE1 = [
@@ -44,17 +44,37 @@ TABLE4 = [
 # the minute, not on the scale's 256; it needs more epochs (steps) than the cap of 400, and is evaluated
 # less often (only its final accuracy is shown).
 _SMOKE = PROTOCOLS["smoke"]
-TABLE4_PROTOCOLS = {"smoke": replace(_SMOKE, train_sizes={**_SMOKE.train_sizes, "inception": 128}, epochs=1000,
-                                     eval_epochs={**_SMOKE.eval_epochs, "inception": 8})}
-REGULARIZERS = {"weight decay": {}, "random cropping": {"augment": ("crop",)},
-                "augmentation": {"augment": ("crop", "flip", "color")}}
+TABLE4_PROTOCOLS = {
+    "smoke": replace(
+        _SMOKE,
+        train_sizes={**_SMOKE.train_sizes, "inception": 128},
+        epochs=1000,
+        eval_epochs={**_SMOKE.eval_epochs, "inception": 8},
+    )
+}
+REGULARIZERS = {
+    "weight decay": {},
+    "random cropping": {"augment": ("crop",)},
+    "augmentation": {"augment": ("crop", "flip", "color")},
+}
 
 
 def specs_table1(proto, options, seeds):
-    return [make_spec(proto, options, m, s, randomize=rand, augment=("crop",) if crop else (),
-                      weight_decay=proto.weight_decay if wd else 0.0, stop_on_fit=not proto.whole_budget,
-                      epochs=proto.budget_of(m))
-            for m, crop, wd, rand, *_ in TABLE1 for s in range(seeds)]
+    return [
+        make_spec(
+            proto,
+            options,
+            m,
+            s,
+            randomize=rand,
+            augment=("crop",) if crop else (),
+            weight_decay=proto.weight_decay if wd else 0.0,
+            stop_on_fit=not proto.whole_budget,
+            epochs=proto.budget_of(m),
+        )
+        for m, crop, wd, rand, *_ in TABLE1
+        for s in range(seeds)
+    ]
 
 
 def render_table1(results, proto, options, seeds):
@@ -64,17 +84,41 @@ def render_table1(results, proto, options, seeds):
         rs = by_row[(model, crop, wd, rand)]
         train, test = mean_std([r.train_acc for r in rs]), mean_std([r.test_acc for r in rs])
         name = LABELS[model] + (" (random labels)" if rand == "random-labels" else "")
-        rows.append([name, f"{rs[0].summary['num_params']:,}", "yes" if crop else "no", "yes" if wd else "no",
-                     fmt(*train, 2, 100, seeds), fmt(*test, 2, 100, seeds), paper_train, paper_test])
-    caption = (f"Train and test accuracy (%) with and without random cropping and weight decay "
-               f"({proto.weight_decay:g}), "
-               + ("trained for the whole budget. " if proto.whole_budget else
-                  "trained until 100% training accuracy or the end of the budget (the paper: the whole budget). ")
-               + f"{proto.caption(options, results)} Mean over {seeds} seed(s).")
-    notes = ["Paper: CIFAR-10, full models, learning rate x0.95 per epoch; its weight-decay value is not given.",
-             "Accuracies are measured on the un-augmented training set in evaluation mode."]
-    return [], [Table("table1", ["model", "# params", "random crop", "weight decay", "train acc", "test acc",
-                                 "paper train", "paper test"], rows, caption, notes)]
+        rows.append(
+            [
+                name,
+                f"{rs[0].summary['num_params']:,}",
+                "yes" if crop else "no",
+                "yes" if wd else "no",
+                fmt(*train, 2, 100, seeds),
+                fmt(*test, 2, 100, seeds),
+                paper_train,
+                paper_test,
+            ]
+        )
+    caption = (
+        f"Train and test accuracy (%) with and without random cropping and weight decay "
+        f"({proto.weight_decay:g}), "
+        + (
+            "trained for the whole budget. "
+            if proto.whole_budget
+            else "trained until 100% training accuracy or the end of the budget (the paper: the whole budget). "
+        )
+        + f"{proto.caption(options, results)} Mean over {seeds} seed(s)."
+    )
+    notes = [
+        "Paper: CIFAR-10, full models, learning rate x0.95 per epoch; its weight-decay value is not given.",
+        "Accuracies are measured on the un-augmented training set in evaluation mode.",
+    ]
+    return [], [
+        Table(
+            "table1",
+            ["model", "# params", "random crop", "weight decay", "train acc", "test acc", "paper train", "paper test"],
+            rows,
+            caption,
+            notes,
+        )
+    ]
 
 
 def specs_table4(proto, options, seeds):
@@ -103,22 +147,46 @@ def render_table4(results, proto, options, seeds):
         k = rs[0].summary.get("num_classes", 10)
         cells = [converged(r, k) for r in rs]
         mean = mean_std([r.train_acc for r in rs if r.status != "diverged" and r.train_acc >= 2 / k])
-        shown = cells[0] if len(cells) == 1 else (fmt(*mean, 2, 100, seeds) if all(
-            c[0].isdigit() for c in cells) else ", ".join(cells))
+        shown = (
+            cells[0]
+            if len(cells) == 1
+            else (fmt(*mean, 2, 100, seeds) if all(c[0].isdigit() for c in cells) else ", ".join(cells))
+        )
         fitted = sum(1 for r in rs if r.time_to_fit)
         rows.append([LABELS[model], reg, shown, f"{fitted}/{len(rs)}", paper])
         if paper == "failed to converge" and fitted:
             unlike.append(f"{LABELS[model]} with {reg} fitted here; the paper's failed to converge.")
-    caption = (f"Random labels with one explicit regularizer: training accuracy (%). "
-               f"{proto.caption(options, results)} Weight decay {proto.weight_decay:g}; augmentation = random "
-               f"crop, flip and colour (brightness, contrast, saturation, hue). {seeds} seed(s).")
-    notes = ["Training accuracy is measured on the un-augmented training set; 'did not converge' means below "
-             "twice chance.", "Paper: CIFAR-10, Table 4 of the appendix.", *unlike]
-    return [], [Table("table4", ["model", "regularizer", "train acc", "runs fitted", "paper train acc"], rows,
-                      caption, notes)]
+    caption = (
+        f"Random labels with one explicit regularizer: training accuracy (%). "
+        f"{proto.caption(options, results)} Weight decay {proto.weight_decay:g}; augmentation = random "
+        f"crop, flip and colour (brightness, contrast, saturation, hue). {seeds} seed(s)."
+    )
+    notes = [
+        "Training accuracy is measured on the un-augmented training set; 'did not converge' means below twice chance.",
+        "Paper: CIFAR-10, Table 4 of the appendix.",
+        *unlike,
+    ]
+    return [], [
+        Table("table4", ["model", "regularizer", "train acc", "runs fitted", "paper train acc"], rows, caption, notes)
+    ]
 
 
 def _regularizer(r) -> str:
     if r.spec.augment:
         return "random cropping" if r.spec.augment == ("crop",) else "augmentation"
     return "weight decay"
+
+
+add_recipe(
+    "table1",
+    "train/test accuracy with and without random crop and weight decay, random labels",
+    specs_table1,
+    render_table1,
+)
+add_recipe(
+    "table4",
+    "random labels with weight decay, random cropping, augmentation",
+    specs_table4,
+    render_table4,
+    TABLE4_PROTOCOLS,
+)

@@ -18,10 +18,23 @@ import sys
 
 from ..errors import UserError
 from .html import to_html, write_html
-from .tables import DPI, Figure, Output, Table, _md_text, latex_escape, numeric_columns, to_latex, to_markdown
+from .tables import DPI, Figure, Output, Table, latex_escape, md_text, numeric_columns, to_latex, to_markdown
 
-__all__ = ["Table", "Figure", "Output", "to_markdown", "to_latex", "latex_escape", "numeric_columns",
-           "save", "close", "environment", "to_html", "write_html", "DPI"]
+__all__ = [
+    "Table",
+    "Figure",
+    "Output",
+    "to_markdown",
+    "to_latex",
+    "latex_escape",
+    "numeric_columns",
+    "save",
+    "close",
+    "environment",
+    "to_html",
+    "write_html",
+    "DPI",
+]
 
 _RESERVED = {"readme", "specs", "runs", "environment"}
 _STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -84,13 +97,18 @@ def _readme(output: Output, has_env: bool) -> str:
     for fig in output.figures:
         lines += [f"## Figure `{fig.name}`", "", f"![{fig.name}]({fig.name}.png)", ""]
         if fig.caption.strip():
-            lines += [_md_text(fig.caption), ""]
+            lines += [md_text(fig.caption), ""]
         lines += [f"Files: [{fig.name}.png]({fig.name}.png), [{fig.name}.svg]({fig.name}.svg)", ""]
     captions = {fig.caption.strip() for fig in output.figures}
     for table in output.tables:  # a caption that its figure has shown already is not repeated
         shown = dataclasses.replace(table, caption="") if table.caption.strip() in captions else table
-        lines += [f"## Table `{table.name}`", "", to_markdown(shown),
-                  f"Files: [{table.name}.md]({table.name}.md), [{table.name}.tex]({table.name}.tex)", ""]
+        lines += [
+            f"## Table `{table.name}`",
+            "",
+            to_markdown(shown),
+            f"Files: [{table.name}.md]({table.name}.md), [{table.name}.tex]({table.name}.tex)",
+            "",
+        ]
     lines += ["## Runs", "", f"- [specs.json](specs.json): the {len(output.specs)} run specs behind these results"]
     if output.runs:
         lines.append(f"- [runs.json](runs.json): status and summary of each of the {len(output.runs)} runs")
@@ -113,8 +131,8 @@ def environment() -> dict:
     import numpy
     import torch
 
-    from .. import __version__
     from ..api import git_commit
+    from ..version import __version__
 
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
@@ -129,8 +147,9 @@ def environment() -> dict:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "device": device,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else
-        f"no CUDA GPU (torch built {'for CUDA ' + torch.version.cuda if torch.version.cuda else 'without CUDA'})",
+        "cuda": torch.version.cuda
+        if torch.cuda.is_available()
+        else f"no CUDA GPU (torch built {'for CUDA ' + torch.version.cuda if torch.version.cuda else 'without CUDA'})",
         "torch_threads": torch.get_num_threads(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "git_commit": git_commit(),

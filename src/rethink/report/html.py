@@ -94,9 +94,15 @@ def table_html(table: Table, anchor: str = "") -> str:
         return ' class="num"' if num[j] else ""
 
     cap = f"<b>{_e(table.name)}.</b> {_e(table.caption)}" if table.caption.strip() else f"<b>{_e(table.name)}</b>"
-    out = [f'<figure class="table" id="{_e(anchor)}">' if anchor else '<figure class="table">',
-           f"<figcaption>{cap}</figcaption>", '<div class="table-wrap">', "<table>"]
-    out.append("<thead><tr>" + "".join(f"<th{cls(j)}>{_e(h)}</th>" for j, h in enumerate(table.header)) + "</tr></thead>")
+    out = [
+        f'<figure class="table" id="{_e(anchor)}">' if anchor else '<figure class="table">',
+        f"<figcaption>{cap}</figcaption>",
+        '<div class="table-wrap">',
+        "<table>",
+    ]
+    out.append(
+        "<thead><tr>" + "".join(f"<th{cls(j)}>{_e(h)}</th>" for j, h in enumerate(table.header)) + "</tr></thead>"
+    )
     out.append("<tbody>")
     for row in table.padded_rows():
         out.append("<tr>" + "".join(f"<td{cls(j)}>{_e(c)}</td>" for j, c in enumerate(row)) + "</tr>")
@@ -113,8 +119,9 @@ def _runs_html(runs: list[dict]) -> str:
     keys: list[str] = []
     for r in runs:
         keys += [k for k in r if k not in keys]
-    t = Table(name="runs", header=keys, rows=[[_cell(r.get(k)) for k in keys] for r in runs],
-              caption=f"{len(runs)} run(s)")
+    t = Table(
+        name="runs", header=keys, rows=[[_cell(r.get(k)) for k in keys] for r in runs], caption=f"{len(runs)} run(s)"
+    )
     return table_html(t)
 
 
@@ -125,9 +132,12 @@ def _output_html(out: Output, sid: str) -> str:
         alt = fig.caption.strip() or fig.name
         cap = f"<b>{_e(fig.name)}.</b> {_e(fig.caption)}" if fig.caption.strip() else f"<b>{_e(fig.name)}</b>"
         shown.add(fig.caption.strip())
-        parts += [f'<figure id="{_anchor(sid, "figure", fig.name)}">',
-                  f'<img src="{_png_data_uri(fig.fig)}" alt="{_e(alt)}">',
-                  f"<figcaption>{cap}</figcaption>", "</figure>"]
+        parts += [
+            f'<figure id="{_anchor(sid, "figure", fig.name)}">',
+            f'<img src="{_png_data_uri(fig.fig)}" alt="{_e(alt)}">',
+            f"<figcaption>{cap}</figcaption>",
+            "</figure>",
+        ]
     for table in out.tables:
         if table.caption.strip() in shown:
             table = dataclasses.replace(table, caption="")
@@ -151,8 +161,15 @@ def _anchor(sid: str, kind: str, name: str) -> str:
 def _contents_entry(sid: str, out: Output) -> str:
     """One line of the contents: the recipe, then links to its figures and tables, each named once
     (by its kind alone when it has the recipe's name)."""
-    links = [f'<a href="#{_anchor(sid, kind, item.name)}">{_e(kind if item.name == out.recipe else f"{kind} {item.name}")}</a>'
-             for kind, items in (("figure", out.figures), ("table", out.tables)) for item in items]
+
+    def label(kind, item):
+        return kind if item.name == out.recipe else f"{kind} {item.name}"
+
+    links = [
+        f'<a href="#{_anchor(sid, kind, item.name)}">{_e(label(kind, item))}</a>'
+        for kind, items in (("figure", out.figures), ("table", out.tables))
+        for item in items
+    ]
     sub = f" &mdash; {' &middot; '.join(links)}" if links else ""
     return f'<li><a href="#{sid}">{_e(out.recipe)}</a> <span class="scale">({_e(out.scale)} scale)</span>{sub}</li>'
 
@@ -172,21 +189,38 @@ def user_runs_table(runs: list[dict]) -> Table:
     for r in runs:
         sp, s = r["spec"], r["summary"] or {}
         ttf = s.get("time_to_fit")
-        row = [r["run_id"], r.get("state", r["status"]), f"{sp.get('model')} on {sp.get('dataset')}",
-               sp.get("randomize", "") + (f" p={sp['p']:g}" if sp.get("randomize") == "partial-labels" else "")
-               + f", seed {sp.get('seed')}", _pct(s.get("train_acc")), _pct(s.get("test_acc")),
-               f"{ttf['steps']} steps, {ttf['seconds']:.1f} s" if ttf else "",
-               "" if s.get("train_seconds") is None else f"{s['train_seconds']:.1f}"]
+        row = [
+            r["run_id"],
+            r.get("state", r["status"]),
+            f"{sp.get('model')} on {sp.get('dataset')}",
+            sp.get("randomize", "")
+            + (f" p={sp['p']:g}" if sp.get("randomize") == "partial-labels" else "")
+            + f", seed {sp.get('seed')}",
+            _pct(s.get("train_acc")),
+            _pct(s.get("test_acc")),
+            f"{ttf['steps']} steps, {ttf['seconds']:.1f} s" if ttf else "",
+            "" if s.get("train_seconds") is None else f"{s['train_seconds']:.1f}",
+        ]
         if partial:
-            row += [_pct(s.get("changed_fraction")), _pct(s.get("corrupted_acc_noisy")),
-                    _pct(s.get("corrupted_acc_true")), _pct(s.get("clean_acc"))]
+            row += [
+                _pct(s.get("changed_fraction")),
+                _pct(s.get("corrupted_acc_noisy")),
+                _pct(s.get("corrupted_acc_true")),
+                _pct(s.get("clean_acc")),
+            ]
         rows.append(row)
-    return Table("runs", header, rows, f"{len(runs)} run(s) in this store that belong to no recipe (from rethink run "
-                 "or rethink sweep); rethink export gives every metric of each.")
+    return Table(
+        "runs",
+        header,
+        rows,
+        f"{len(runs)} run(s) in this store that belong to no recipe (from rethink run "
+        "or rethink sweep); rethink export gives every metric of each.",
+    )
 
 
-def to_html(outputs: list[Output], title: str = "rethink report", env: dict | None = None,
-            runs: list[dict] | None = None) -> str:
+def to_html(
+    outputs: list[Output], title: str = "rethink report", env: dict | None = None, runs: list[dict] | None = None
+) -> str:
     """One self-contained HTML page: title, environment, contents, a section per output, then the
     ``runs`` (store rows, see :func:`user_runs_table`) that belong to no recipe."""
     ids = [f"r{i + 1}-{_slug(o.recipe)}-{_slug(o.scale)}" for i, o in enumerate(outputs)]
@@ -195,8 +229,14 @@ def to_html(outputs: list[Output], title: str = "rethink report", env: dict | No
     body = [f"<h1>{_e(title)}</h1>", f'<p class="meta">Generated {_e(when)}; {counts}.</p>']
 
     if env:
-        body += ['<section id="environment">', "<h2>Environment</h2>", '<div class="table-wrap"><table class="env"><tbody>']
-        body += [f"<tr><th>{_e(k)}</th><td>{_e(_cell(v) if v is not None else 'unknown')}</td></tr>" for k, v in env.items()]
+        body += [
+            '<section id="environment">',
+            "<h2>Environment</h2>",
+            '<div class="table-wrap"><table class="env"><tbody>',
+        ]
+        body += [
+            f"<tr><th>{_e(k)}</th><td>{_e(_cell(v) if v is not None else 'unknown')}</td></tr>" for k, v in env.items()
+        ]
         body += ["</tbody></table></div>", "</section>"]
 
     if not outputs and not runs:
@@ -211,15 +251,34 @@ def to_html(outputs: list[Output], title: str = "rethink report", env: dict | No
         if runs:
             body += ['<section id="runs">', "<h2>Runs</h2>", table_html(user_runs_table(runs)), "</section>"]
 
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>", "<main>",
-        *body, "</main>", "</body>", "</html>", ""])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(title)}</title>",
+            f"<style>{_CSS}</style>",
+            "</head>",
+            "<body>",
+            "<main>",
+            *body,
+            "</main>",
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
 
 
-def write_html(outputs: list[Output], path: str, env: dict | None = None, title: str = "rethink report",
-               runs: list[dict] | None = None) -> str:
+def write_html(
+    outputs: list[Output],
+    path: str,
+    env: dict | None = None,
+    title: str = "rethink report",
+    runs: list[dict] | None = None,
+) -> str:
     """Write :func:`to_html` to ``path`` (creating its folder) and return the path."""
     path = str(path)
     page = to_html(outputs, title=title, env=env, runs=runs)
@@ -229,5 +288,7 @@ def write_html(outputs: list[Output], path: str, env: dict | None = None, title:
         with open(path, "w", encoding="utf-8") as f:
             f.write(page)
     except OSError as e:
-        raise UserError(f"cannot write the report to {path} ({e.strerror or e}); pass --out with a writable path") from None
+        raise UserError(
+            f"cannot write the report to {path} ({e.strerror or e}); pass --out with a writable path"
+        ) from None
     return path

@@ -42,7 +42,7 @@ class Figure:
     """A matplotlib figure and its caption."""
 
     name: str  # file stem, e.g. "figure1b"
-    fig: "matplotlib.figure.Figure"
+    fig: matplotlib.figure.Figure
     caption: str = ""
 
 
@@ -75,38 +75,60 @@ def numeric_columns(table: Table) -> list[bool]:
 
 
 # -- Markdown -----------------------------------------------------------------------------------
-def _md_text(text: str) -> str:
+def md_text(text: str) -> str:
     """One line of Markdown text; ``<`` is escaped so that "<true>" is not taken for an HTML tag."""
     return " ".join(str(text).split()).replace("<", "&lt;")
 
 
 def _md_cell(text: str) -> str:
-    return _md_text(text).replace("|", "\\|")
+    return md_text(text).replace("|", "\\|")
 
 
 def to_markdown(table: Table) -> str:
     """A GitHub pipe table, with the caption above it in italics and the notes below it."""
     parts = []
     if table.caption.strip():
-        parts.append("*" + _md_text(table.caption).replace("*", "\\*") + "*")
-    lines = ["| " + " | ".join(_md_cell(h) for h in table.header) + " |",
-             "|" + "|".join("---:" if num else ":---" for num in numeric_columns(table)) + "|"]
+        parts.append("*" + md_text(table.caption).replace("*", "\\*") + "*")
+    lines = [
+        "| " + " | ".join(_md_cell(h) for h in table.header) + " |",
+        "|" + "|".join("---:" if num else ":---" for num in numeric_columns(table)) + "|",
+    ]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.padded_rows()]
     parts.append("\n".join(lines))
     # a note that starts like a list item or heading ("* ...", "- ...", "# ...") stays a plain paragraph
-    parts += [re.sub(r"^([*+#>-])", r"\\\1", _md_text(note)) for note in table.notes if note.strip()]
+    parts += [re.sub(r"^([*+#>-])", r"\\\1", md_text(note)) for note in table.notes if note.strip()]
     return "\n\n".join(parts) + "\n"
 
 
 # -- LaTeX --------------------------------------------------------------------------------------
 _LATEX = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
     # a few non-ASCII characters that plain LaTeX (no packages) cannot typeset as they are
-    "\u00b1": r"$\pm$", "\u00d7": r"$\times$", "\u2248": r"$\approx$", "\u2264": r"$\leq$",
-    "\u2265": r"$\geq$", "\u2212": "-", "\u2013": "--", "\u2014": "---", "\u2192": r"$\rightarrow$",
-    "\u00b5": r"$\mu$", "\u03bc": r"$\mu$", "\u2026": r"\ldots{}", "\u00a0": "~",
+    "\u00b1": r"$\pm$",
+    "\u00d7": r"$\times$",
+    "\u2248": r"$\approx$",
+    "\u2264": r"$\leq$",
+    "\u2265": r"$\geq$",
+    "\u2212": "-",
+    "\u2013": "--",
+    "\u2014": "---",
+    "\u2192": r"$\rightarrow$",
+    "\u00b5": r"$\mu$",
+    "\u03bc": r"$\mu$",
+    "\u2026": r"\ldots{}",
+    "\u00a0": "~",
 }
 
 
@@ -121,9 +143,13 @@ def to_latex(table: Table) -> str:
     lines = [r"\begin{table}[ht]", r"\centering"]
     if table.caption.strip():
         lines.append(r"\caption{" + latex_escape(table.caption) + "}")
-    lines += [r"\label{tab:" + re.sub(r"[^A-Za-z0-9:.-]", "-", table.name) + "}",
-              r"\begin{tabular}{" + align + "}", r"\hline",
-              " & ".join(latex_escape(h) for h in table.header) + r" \\", r"\hline"]
+    lines += [
+        r"\label{tab:" + re.sub(r"[^A-Za-z0-9:.-]", "-", table.name) + "}",
+        r"\begin{tabular}{" + align + "}",
+        r"\hline",
+        " & ".join(latex_escape(h) for h in table.header) + r" \\",
+        r"\hline",
+    ]
     lines += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in table.padded_rows()]
     lines += [r"\hline", r"\end{tabular}"]
     notes = [latex_escape(n) for n in table.notes if n.strip()]

@@ -6,8 +6,19 @@
 * :func:`rademacher`: mean of 1 - 2 * training error over draws of random +-1 labels.
 """
 
+from .base import TwoLayerReLU
 from .deep import DeepReLU, deepen
-from .expressivity import Construction, TwoLayerReLU, Verification, construct, evaluate, one_hot, predict, verify
+from .expressivity import Construction, Verification, construct, evaluate, one_hot, predict, verify
 
-__all__ = ["construct", "verify", "evaluate", "predict", "one_hot", "deepen", "Construction", "Verification",
-           "TwoLayerReLU", "DeepReLU"]
+__all__ = [
+    "construct",
+    "verify",
+    "evaluate",
+    "predict",
+    "one_hot",
+    "deepen",
+    "Construction",
+    "Verification",
+    "TwoLayerReLU",
+    "DeepReLU",
+]

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .expressivity import TwoLayerReLU, flatten64
+from .base import TwoLayerReLU, flatten64
 
 
 class SparseLinear(nn.Module):
@@ -96,8 +96,13 @@ class _Layer:
             self.connect(rows, pair[1], np.full(k_out, -sign))
 
     def build(self, in_width: int, bias: bool = True) -> SparseLinear:
-        return SparseLinear(np.concatenate(self.rows), np.concatenate(self.cols), np.concatenate(self.vals),
-                            (self.width, in_width), torch.from_numpy(np.concatenate(self.bias)) if bias else None)
+        return SparseLinear(
+            np.concatenate(self.rows),
+            np.concatenate(self.cols),
+            np.concatenate(self.vals),
+            (self.width, in_width),
+            torch.from_numpy(np.concatenate(self.bias)) if bias else None,
+        )
 
 
 def deepen(net: TwoLayerReLU, depth: int) -> DeepReLU:
@@ -105,8 +110,10 @@ def deepen(net: TwoLayerReLU, depth: int) -> DeepReLU:
     a, b, w = net.a.detach(), net.b.detach(), net.w.detach()
     n, scalar = len(b), w.ndim == 1
     if depth - 2 > n:
-        raise UserError(f"depth {depth} needs at least {depth - 2} distinct points (one group per middle layer); "
-                        f"use a depth of at most {n + 2}")
+        raise UserError(
+            f"depth {depth} needs at least {depth - 2} distinct points (one group per middle layer); "
+            f"use a depth of at most {n + 2}"
+        )
     w = (w[:, None] if scalar else w).numpy()
     k_out = w.shape[1]
     offsets = (b - b[0]).numpy()
@@ -117,10 +124,10 @@ def deepen(net: TwoLayerReLU, depth: int) -> DeepReLU:
     groups = np.array_split(np.arange(n), depth - 2)
     prev = None  # (positions of the previous group's units, their indices), then the pair
     pair = None
-    for l, group in enumerate(groups, start=1):
+    for depth_at, group in enumerate(groups, start=1):
         layer = _Layer()
         t_next = None
-        if l < len(groups):  # carry t to the next layer
+        if depth_at < len(groups):  # carry t to the next layer
             t_next = layer.units(1, 0.0)
             layer.connect(t_next, t, np.ones(1))
         units = layer.units(len(group), -offsets[group])

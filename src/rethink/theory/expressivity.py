@@ -39,6 +39,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .base import TwoLayerReLU, as_tensor, flatten64
+from .deep import deepen
 
 MAX_DIRECTION = 2**20  # entries of a are integers in [-M, M], M at most this
 MIN_EXACT_DIRECTION = 2**10  # below this an exact integer direction collides too often
@@ -46,37 +48,6 @@ EXACT_LIMIT = 2.0**51  # |<a, z>| / u stays below this, so b and x - b stay belo
 ATTEMPTS = 8  # directions tried before a collision is reported
 BLOCK_ELEMENTS = 2**22  # float64 elements per block when projecting or evaluating (32 MiB)
 U = 2.0**-53  # float64 unit roundoff
-
-
-def as_tensor(v) -> torch.Tensor:
-    """A tensor as it is; anything else through numpy (so Python floats stay float64)."""
-    return v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))
-
-
-def flatten64(x) -> torch.Tensor:
-    """Inputs (N, ...) as a float64 matrix (N, d); float32 values convert exactly."""
-    x = as_tensor(x)
-    return x.reshape(len(x), -1).to(torch.float64)
-
-
-class TwoLayerReLU(nn.Module):
-    """c(x) = sum_j w_j max(<a, x> - b_j, 0): Theorem 1's network, in float64.
-
-    ``w`` of shape (n,) gives one output per input (shape (N,)); ``w`` of shape (n, K) gives K
-    outputs sharing ``a`` and ``b`` (shape (N, K)). Parameters: d + n + n (or n K).
-    """
-
-    def __init__(self, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor):
-        super().__init__()
-        self.a, self.b, self.w = nn.Parameter(a), nn.Parameter(b), nn.Parameter(w)
-
-    @property
-    def width(self) -> int:
-        return len(self.b)
-
-    def forward(self, x) -> torch.Tensor:
-        h = flatten64(x) @ self.a
-        return (h[:, None] - self.b).relu_() @ self.w
 
 
 @dataclass(frozen=True)
@@ -195,9 +166,11 @@ def _separate(x, targets, p, order, tol):
             differ = (targets[same] != targets[same[0]]).reshape(len(same), -1).any(1)
             if bool(differ.any()):
                 i, j = sorted((int(same[0]), int(same[differ][0])))
-                raise UserError(f"points {i} and {j} are identical inputs with different targets, so no "
-                                "function (and no network) can represent the sample; remove one of them or "
-                                "give them the same target")
+                raise UserError(
+                    f"points {i} and {j} are identical inputs with different targets, so no "
+                    "function (and no network) can represent the sample; remove one of them or "
+                    "give them the same target"
+                )
         collided |= len(rows) > 1
         keep[start + 1 : stop + 1] = False
     return None if collided else order[keep]
@@ -222,8 +195,10 @@ def solve(ps: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     slopes = steps / (diagonal[:, None] if ys.ndim == 2 else diagonal)
     w = torch.diff(slopes, dim=0, prepend=torch.zeros_like(slopes[:1]))
     if not bool(torch.isfinite(w).all()):
-        raise UserError("the output weights overflow float64 (targets too large for the gaps between the "
-                        "projected points); scale the targets down")
+        raise UserError(
+            "the output weights overflow float64 (targets too large for the gaps between the "
+            "projected points); scale the targets down"
+        )
     return b, w, diagonal
 
 
@@ -241,6 +216,24 @@ def condition(ps: torch.Tensor, b: torch.Tensor, diagonal: torch.Tensor) -> floa
     if len(rows) > 1:
         rows[1] -= inv[0]
     return float((ps[-1] - b).sum()) * float(rows.max())
+
+
+def _direction(x: torch.Tensor, targets: torch.Tensor, exact: bool, bound: int, seed: int):
+    """A random integer direction ``a`` (entries within ``bound``) along which the distinct points
+    project apart beyond rounding: ``a``, the projections, the points kept and the attempts taken."""
+    rng = np.random.default_rng(seed)
+    n, d = x.shape
+    for attempt in range(1, ATTEMPTS + 1):
+        a = torch.from_numpy(rng.integers(-bound, bound + 1, d).astype(np.float64))
+        p = _project(x, a)
+        tol = torch.zeros(n, dtype=torch.float64) if exact else _rounding_bound(x, a)
+        kept = _separate(x, targets, p, torch.argsort(p, stable=True), tol)
+        if kept is not None:
+            return a, p, kept, attempt
+    raise UserError(
+        f"{ATTEMPTS} random directions left distinct points within float64 rounding of each "
+        "other; the points are too close together to be told apart in float64"
+    )
 
 
 def construct(x, y, *, depth: int = 2, seed: int = 0) -> nn.Module:
@@ -267,33 +260,33 @@ def construct(x, y, *, depth: int = 2, seed: int = 0) -> nn.Module:
     exact_bound = 0.0 if unit is None else EXACT_LIMIT * unit / max(float(colmax.sum()), unit)
     exact = exact_bound >= MIN_EXACT_DIRECTION
     bound = int(min(MAX_DIRECTION, exact_bound)) if exact else MAX_DIRECTION
-    rng = np.random.default_rng(seed)
-    for attempt in range(1, ATTEMPTS + 1):
-        a = torch.from_numpy(rng.integers(-bound, bound + 1, d).astype(np.float64))
-        p = _project(x, a)
-        tol = torch.zeros(n, dtype=torch.float64) if exact else _rounding_bound(x, a)
-        kept = _separate(x, targets, p, torch.argsort(p, stable=True), tol)
-        if kept is not None:
-            break
-    else:
-        raise UserError(f"{ATTEMPTS} random directions left distinct points within float64 rounding of each "
-                        "other; the points are too close together to be told apart in float64")
+    a, p, kept, attempts = _direction(x, targets, exact, bound, seed)
     ps, ys = p[kept], targets[kept]
     b, w, diagonal = solve(ps, ys)
     net = TwoLayerReLU(a, b, w)
     if depth > 2:
-        from .deep import deepen
-
         net = deepen(net, depth)
     gaps = ps[1:] - ps[:-1]
     net.construction = Construction(
-        n=n, units=len(ps), d=d, outputs=1 if ys.ndim == 1 else ys.shape[1], depth=depth,
-        num_params=sum(q.numel() for q in net.parameters()), exact_projection=exact, direction_bound=bound,
-        attempts=attempt, min_gap=float(gaps.min()) if len(gaps) else None,
+        n=n,
+        units=len(ps),
+        d=d,
+        outputs=1 if ys.ndim == 1 else ys.shape[1],
+        depth=depth,
+        num_params=sum(q.numel() for q in net.parameters()),
+        exact_projection=exact,
+        direction_bound=bound,
+        attempts=attempts,
+        min_gap=float(gaps.min()) if len(gaps) else None,
         min_gap_relative=float(gaps.min() / (ps[-1] - ps[0])) if len(gaps) else None,
-        min_diagonal=float(diagonal.min()), condition=condition(ps, b, diagonal),
-        norm_a=float(a.norm()), norm_b=float(b.norm()), norm_w=float(w.norm()), max_abs_w=float(w.abs().max()),
-        seconds=time.perf_counter() - t0)
+        min_diagonal=float(diagonal.min()),
+        condition=condition(ps, b, diagonal),
+        norm_a=float(a.norm()),
+        norm_b=float(b.norm()),
+        norm_w=float(w.norm()),
+        max_abs_w=float(w.abs().max()),
+        seconds=time.perf_counter() - t0,
+    )
     return net
 
 
@@ -315,13 +308,17 @@ def _targets_for(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if out.ndim == 2 and targets.ndim == 1:
         k = out.shape[1]
         if not bool((targets == targets.round()).all() and (targets >= 0).all() and (targets < k).all()):
-            raise UserError(f"the network has {k} outputs, so it reads class labels 0..{k - 1} or one-hot targets "
-                            f"of shape (N, {k}); these targets are neither")
+            raise UserError(
+                f"the network has {k} outputs, so it reads class labels 0..{k - 1} or one-hot targets "
+                f"of shape (N, {k}); these targets are neither"
+            )
         return one_hot(targets, k)
     if out.shape[1:] != targets.shape[1:]:
-        raise UserError(f"the network has {1 if out.ndim == 1 else out.shape[1]} output(s) but the targets have shape "
-                        f"{tuple(targets.shape)}; give the targets it was built for (a scalar network: the labels "
-                        "as numbers, shape (N,))")
+        raise UserError(
+            f"the network has {1 if out.ndim == 1 else out.shape[1]} output(s) but the targets have shape "
+            f"{tuple(targets.shape)}; give the targets it was built for (a scalar network: the labels "
+            "as numbers, shape (N,))"
+        )
     return targets
 
 

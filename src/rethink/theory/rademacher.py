@@ -47,9 +47,18 @@ class Rademacher:
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
     def to_json(self) -> dict:
-        return {"mean": self.mean, "std": self.std, "min": min(self.values), "max": max(self.values),
-                "draws": len(self.values), "values": self.values, "statuses": self.statuses, "n": self.n,
-                "num_params": self.num_params, "spec": self.spec.to_dict()}
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "min": min(self.values),
+            "max": max(self.values),
+            "draws": len(self.values),
+            "values": self.values,
+            "statuses": self.statuses,
+            "n": self.n,
+            "num_params": self.num_params,
+            "spec": self.spec.to_dict(),
+        }
 
 
 def rademacher(spec: RunSpec | dict, draws: int = 5, on_draw=None) -> Rademacher:
@@ -61,15 +70,16 @@ def rademacher(spec: RunSpec | dict, draws: int = 5, on_draw=None) -> Rademacher
     if draws < 1:
         raise UserError(f"--draws {draws} must be a positive whole number")
     if spec.randomize in ("partial-labels", "random-labels"):
-        raise UserError(f"--randomize {spec.randomize} does nothing here (each draw takes its own random +-1 "
-                        "labels); drop it, or give an input randomization")
+        raise UserError(
+            f"--randomize {spec.randomize} does nothing here (each draw takes its own random +-1 "
+            "labels); drop it, or give an input randomization"
+        )
     device = resolve_device(spec.device)
     torch.set_flush_denormal(True)  # as rethink.run does: denormals slow CPU training down
     prepared = prepare(spec, device)
     base = prepared.data
     if not isinstance(base, TrainData):
-        raise UserError("rademacher needs the training set in memory (its labels are replaced per draw); "
-                        "drop --stream")
+        raise UserError("rademacher needs the training set in memory (its labels are replaced per draw); drop --stream")
     n = len(base.y_train)
     result = Rademacher(spec, n, 0, [], [])
     for i in range(draws):
@@ -82,8 +92,9 @@ def rademacher(spec: RunSpec | dict, draws: int = 5, on_draw=None) -> Rademacher
             train_acc, status, params = verify(net, x, targets).fit_fraction, "constructed", net.construction.num_params
         else:
             test_signs = torch.as_tensor(rng.integers(0, 2, len(base.y_test)), device=device)
-            data = dataclasses.replace(base, y_train=signs, y_test=test_signs, y_train_true=signs,
-                                       changed=torch.zeros_like(base.changed))
+            data = dataclasses.replace(
+                base, y_train=signs, y_test=test_signs, y_train_true=signs, changed=torch.zeros_like(base.changed)
+            )
             model = build_model(draw, prepared.input_shape, 2).to(device)
             run = train(model, data, train_config(draw))
             train_acc, status, params = run.evals[-1]["train_acc"], run.status, num_params(model)

@@ -28,8 +28,11 @@ def is_plain_mlp(model: nn.Module) -> bool:
     ReLUs between them (Identity placeholders aside)."""
     kinds = [type(m) for m in model.children() if not isinstance(m, nn.Identity)]
     hidden = (len(kinds) - 2) // 2
-    return (isinstance(model, nn.Sequential) and kinds == [nn.Flatten] + [nn.Linear, nn.ReLU] * hidden + [nn.Linear]
-            and all(m.bias is not None for m in model.children() if isinstance(m, nn.Linear)))
+    return (
+        isinstance(model, nn.Sequential)
+        and kinds == [nn.Flatten] + [nn.Linear, nn.ReLU] * hidden + [nn.Linear]
+        and all(m.bias is not None for m in model.children() if isinstance(m, nn.Linear))
+    )
 
 
 def forward(params: list[torch.Tensor], x: torch.Tensor, keep: bool = False):
@@ -54,8 +57,7 @@ class FusedStep:
     def __init__(self, params: list[torch.Tensor], opt: torch.optim.SGD):
         self.params, self.opt = params, opt
         group = {p: g for g in opt.param_groups for p in g["params"]}
-        if set(group) != set(params) or any(g["nesterov"] or g["dampening"] or g["maximize"]
-                                            for g in opt.param_groups):
+        if set(group) != set(params) or any(g["nesterov"] or g["dampening"] or g["maximize"] for g in opt.param_groups):
             raise ValueError("the fused MLP step needs plain momentum SGD over exactly the MLP's parameters")
         # one model runs as a stack of one, through the same code and kernels as a batch (equal
         # matrices give equal bits here, though MKL may split a batch's products differently)
@@ -98,10 +100,18 @@ class FusedStep:
             if first:
                 for st, i in zip(state, mine):
                     st["momentum_buffer"] = torch.empty_like(self.params[i])
-            torch._fused_sgd_([self.params[i] for i in mine], [self.flat_grads[i] for i in mine],
-                              [st["momentum_buffer"] for st in state] if momentum else [],
-                              weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"], dampening=0.0,
-                              nesterov=False, maximize=False, is_first_step=first)
+            torch._fused_sgd_(
+                [self.params[i] for i in mine],
+                [self.flat_grads[i] for i in mine],
+                [st["momentum_buffer"] for st in state] if momentum else [],
+                weight_decay=group["weight_decay"],
+                momentum=momentum,
+                lr=group["lr"],
+                dampening=0.0,
+                nesterov=False,
+                maximize=False,
+                is_first_step=first,
+            )
         return loss if self.stacked else loss[0]
 
 
@@ -114,4 +124,3 @@ def fused_step(model: nn.Module, opt: torch.optim.SGD) -> FusedStep | None:
         return FusedStep(params, opt)
     except ValueError:
         return None
-

@@ -82,7 +82,9 @@ def _warn_if_oversubscribed(mine: int) -> None:
         return
     _warned = True
     listed = ", ".join(f"pid {pid}: {n}" for pid, n in sorted(rivals.items()))
-    print(f"rethink: warning: {len(rivals)} other rethink process(es) train on this machine ({listed} threads) "
-          f"besides this one ({mine}), more threads than its {cores} cores, which slows every one down; give each "
-          f"--threads so that they add up to at most {cores}, or run them as one sweep with --executor process",
-          file=sys.stderr)
+    print(
+        f"rethink: warning: {len(rivals)} other rethink process(es) train on this machine ({listed} threads) "
+        f"besides this one ({mine}), more threads than its {cores} cores, which slows every one down; give each "
+        f"--threads so that they add up to at most {cores}, or run them as one sweep with --executor process",
+        file=sys.stderr,
+    )
