@@ -332,6 +332,25 @@ CATALOGUE = [
     ),
     Case("--store that is a folder", lambda tmp: [*RUN, "--dataset", "digits", "--store", str(tmp)], "is a folder"),
     Case("no CPU threads", run("--threads", "0"), "--threads 0 must be at least 1"),
+    # measures and bounds of stored runs
+    Case(
+        "measure of a run id not in the store",
+        lambda tmp: ["measure", "--run-id", "0123456789abcdef"],
+        "not in the store",
+    ),
+    Case(
+        "measure that does not exist", lambda tmp: ["measure", "--all", "--measures", "margn"], "did you mean 'margin'"
+    ),
+    Case("measure without a run named", lambda tmp: ["measure"], "give --run-id ID (repeatable) or --all"),
+    Case(
+        "measure on a store that does not exist",
+        lambda tmp: ["measure", "--all", "--store", str(tmp / "typo.sqlite")],
+        "does not exist",
+    ),
+    Case(
+        "bound of a run id not in the store", lambda tmp: ["bound", "--run-id", "0123456789abcdef"], "not in the store"
+    ),
+    Case("bound with no weight samples", lambda tmp: ["bound", "--run-id", "x", "--samples", "0"], "--samples 0"),
 ]
 
 
@@ -358,7 +377,7 @@ def filled_store(tmp_path_factory) -> Path:
 def test_bad_input(case, tmp_path, filled_store, capsys, monkeypatch):
     monkeypatch.setenv("RETHINK_DATA", str(tmp_path / "no-data"))
     argv = case.argv(tmp_path)
-    if "--store" not in argv and argv[0] in ("run", "sweep", "reproduce", "report", "export"):
+    if "--store" not in argv and argv[0] in ("run", "sweep", "reproduce", "report", "export", "measure", "bound"):
         argv = [*argv, "--store", str(filled_store)]
     before = dump(filled_store)
     capsys.readouterr()

@@ -206,3 +206,21 @@ def test_api_leaves_the_process_settings_alone_and_the_command_line_sets_them():
     assert _denormals_kept_after(run)
     assert not _denormals_kept_after("import rethink; rethink.speed_settings()")
     assert not _denormals_kept_after("from rethink.cli import main; main(['datasets'])")
+
+
+def test_binary_labels_split_the_classes_in_halves_before_randomization():
+    """--binary: 1 for the upper half of the classes, 0 for the lower, on the same images as the
+    10-class run; the randomization tests draw from the two classes; a new field, so the ids of
+    runs without it do not change."""
+    spec = RunSpec(dataset="digits", train_size=300, test_size=100)
+    two = spec.replace(binary=True)
+    assert two.run_id != spec.run_id
+    assert spec.run_id == RunSpec(**{k: v for k, v in spec.to_dict().items() if k != "binary"}).run_id
+    ten, binary = prepare(spec, torch.device("cpu")), prepare(two, torch.device("cpu"))
+    assert binary.num_classes == 2 and torch.equal(ten.data.x_train, binary.data.x_train)
+    assert torch.equal(binary.data.y_train, (ten.data.y_train >= 5).long())
+    assert torch.equal(binary.data.y_test, (ten.data.y_test >= 5).long())
+    rand = prepare(two.replace(randomize="random-labels"), torch.device("cpu"))
+    assert set(rand.data.y_train.tolist()) == {0, 1} and 0.3 < rand.data.changed.float().mean() < 0.7
+    result = rethink.run(two.replace(epochs=2), store=None)
+    assert result.status in ("fitted", "budget") and result.test_acc > 0.5

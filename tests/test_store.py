@@ -82,13 +82,40 @@ def test_a_version_1_store_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path):
     reader.close()
     assert snapshot(tmp_path) == before, "reading does not upgrade"
     writer = Store(str(path))
-    assert writer.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert writer.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert len(writer.store_id) == 32 and writer.get_run("r1")["summary"] == {"train_acc": 1.0}
     assert [e["train_acc"] for e in writer.evals("r1")] == [0.1, 1.0]
     writer.close()
     again = Store(str(path))
     assert again.store_id == writer.store_id, "the id is created once and kept"
     assert Store(str(tmp_path / "other.sqlite")).store_id != writer.store_id
+
+
+def test_a_version_2_store_gains_the_measures_table_and_keeps_its_runs(tmp_path):
+    """Version 2 (store id, owners; no measures): a reader sees no measures and changes nothing, a
+    writer upgrades it in place and can then store measures for its old runs."""
+    path = tmp_path / "v2.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA.replace("PRAGMA user_version = 1;", ""))
+    db.executescript(
+        "ALTER TABLE runs ADD COLUMN owner_pid INTEGER; ALTER TABLE runs ADD COLUMN owner_host TEXT; "
+        "ALTER TABLE runs ADD COLUMN owner_started INTEGER; "
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('store_id', 'abc'); PRAGMA user_version = 2;"
+    )
+    db.close()
+    before = snapshot(tmp_path)
+    reader = Store(str(path), readonly=True)
+    assert reader.version == 2 and reader.measures() == [] and reader.store_id == "abc"
+    reader.close()
+    assert snapshot(tmp_path) == before, "reading does not upgrade"
+    writer = Store(str(path))
+    assert writer.db.execute("PRAGMA user_version").fetchone()[0] == 3 and writer.store_id == "abc"
+    writer.record_measures("r1", {"margin": 0.5, "margins": [0.1, 0.9], "sigma": None}, {"subset": 100})
+    writer.record_measures("r1", {"margin": 0.25}, {"subset": 50})
+    got = {(m["name"], m["options"]["subset"]): m["value"] for m in writer.measures("r1")}
+    assert got == {("margin", 100): 0.5, ("margins", 100): [0.1, 0.9], ("sigma", 100): None, ("margin", 50): 0.25}
+    assert writer.measures("other") == [] and len(writer.measures()) == 4
 
 
 def test_a_new_store_beside_another_trains_its_runs_afresh(tmp_path, capsys):

@@ -21,6 +21,7 @@ import torch
 
 from . import distributed
 from .data import load_dataset, subset
+from .data.dataset import binarize
 from .data.randomize import randomize
 from .data.transforms import preprocess
 from .errors import UserError, make_folder
@@ -165,6 +166,8 @@ def prepare(spec: RunSpec, device: torch.device) -> Prepared:
     """Load, subset, randomize (once, from the run's seed) and preprocess the data onto ``device``."""
     ds = _source(spec)
     ds = subset(ds, spec.train_size, spec.test_size, generator(spec.seed, "subset"), training=True)
+    if spec.binary:  # after the subset: the same images as the run without it
+        ds = binarize(ds)
     r = randomize(
         spec.randomize,
         ds.x_train,

@@ -22,8 +22,11 @@ from .flags import add_flags, build
 from .kernels.experiment import KernelConfig, KernelOutputs
 from .kernels.linear_sgd import LinearSGDConfig, LinearSGDOutputs
 from .options import (
+    BoundOptions,
+    CorrelateOptions,
     DemoOptions,
     ExportOptions,
+    MeasureOptions,
     ModelsOptions,
     ReportOptions,
     ReproduceOptions,
@@ -443,6 +446,89 @@ def cmd_linear_sgd(args) -> int:
     return 0
 
 
+def cmd_measure(args) -> int:
+    from .measures import MEASURES
+    from .measures.stored import FINISHED, measure_run
+    from .store import Store
+
+    if args.list_measures:
+        print(_table([[name, what] for name, what in MEASURES.describe()], ["measure", "what it is"]))
+        return 0
+    names = [MEASURES.canonical(n.strip()) for n in args.measures.split(",") if n.strip()] if args.measures else None
+    if not os.path.exists(args.store):
+        raise UserError(f"store {args.store} does not exist; pass --store with the file that 'rethink run' wrote")
+    db = Store(args.store)
+    run_ids = [r["run_id"] for r in db.runs() if r["status"] in FINISHED] if args.all else args.run_id
+    if not run_ids:
+        raise UserError("give --run-id ID (repeatable) or --all; 'rethink runs' lists the store's runs")
+    given = _given(args, "subset", "percentile", "checkpoint_dir")
+    results = {run_id: measure_run(db, run_id, measures=names, **given) for run_id in run_ids}
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    shown = [n for n in dict.fromkeys(k for values in results.values() for k in values) if not n.startswith("_")]
+    rows = [[n, *(_measure_text(values.get(n)) for values in results.values())] for n in shown]
+    print(_table(rows, ["measure", *run_ids]))
+    return 0
+
+
+def cmd_bound(args) -> int:
+    from .measures.stored import bound_run
+    from .store import Store
+
+    if args.steps < 1 or args.samples < 1:
+        raise UserError(f"--steps {args.steps} and --samples {args.samples} must be at least 1")
+    if not os.path.exists(args.store):
+        raise UserError(f"store {args.store} does not exist; pass --store with the file that 'rethink run' wrote")
+    out = bound_run(Store(args.store), args.run_id, **_given(args, "steps", "samples", "checkpoint_dir"), log=_stderr)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    keys = ("bound", "e_mc", "e_up", "snn_test_error", "kl", "B_RE", "lambda", "j", "m", "n_samples", "seconds")
+    print(_table([[k, _measure_text(out[k])] for k in keys], ["certificate", args.run_id]))
+    print(f"holds with probability {out['confidence']:.3f}; vacuous when at least 0.5", file=sys.stderr)
+    return 0
+
+
+def cmd_correlate(args) -> int:
+    from .measures.correlate import correlate, correlation_output
+    from .report import close, save, to_markdown
+    from .store import Store
+
+    result = correlate(Store(args.store, readonly=True), target=args.target)
+    output = correlation_output(result)
+    try:
+        save(output, args.out)
+    finally:
+        close(output)
+    if args.json:
+        print(json.dumps(_json_safe(result)))
+    else:
+        for table in output.tables:
+            print(to_markdown(table) + "\n")
+    print(f"wrote the table and figure to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _json_safe(value):
+    """``value`` with NaN (an undefined tau or psi) as null, which every JSON reader takes."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and value != value else value
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _measure_text(value) -> str:
+    if isinstance(value, list):
+        return f"({len(value)} values)"
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _spec_file(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--spec", metavar="FILE.toml", help="a spec file (keys: the flags' names with underscores); flags override it"
@@ -479,6 +565,19 @@ COMMANDS = {
     "datasets": Command(cmd_datasets, "list the dataset sources"),
     "runs": Command(cmd_runs, "list the runs in a store", (StoreOptions,)),
     "export": Command(cmd_export, "write a store's metrics as CSV", (ExportOptions,)),
+    "bound": Command(
+        cmd_bound, "a non-vacuous PAC-Bayes certificate of a stored run (Dziugaite & Roy 2017)", (BoundOptions,)
+    ),
+    "correlate": Command(
+        cmd_correlate,
+        "Kendall tau of each stored measure with the generalization gap, overall and per varied axis",
+        (CorrelateOptions,),
+    ),
+    "measure": Command(
+        cmd_measure,
+        "generalization measures (norms, margins, ...) of finished runs, stored beside them",
+        (MeasureOptions,),
+    ),
     "construct": Command(
         cmd_construct,
         "build Theorem 1's network (2n + d weights) that fits a whole training set",

@@ -118,3 +118,37 @@ class ExportOptions(StoreOptions):
     out: str = option("-", "CSV file (-: stdout)")
     what: str = option("evals", "evaluations, training steps or one row per run", choices=("evals", "steps", "runs"))
     run_id: list[str] | None = option(None, "only this run (repeatable)", action="append")
+
+
+@dataclass(frozen=True)
+class MeasureOptions(StoreOptions):
+    """``rethink measure``: which stored runs, which measures, on how much of their training sets."""
+
+    run_id: list[str] | None = option(None, "a run to measure (repeatable)", action="append")
+    all: bool = option(False, "measure every finished run in the store")
+    measures: str | None = option(None, "comma-separated measure names (default: all; 'rethink measure --list')")
+    list_measures: bool = option(False, "list the measures and exit", name="--list")
+    subset: int | None = option(None, "measure on the first N training examples of the run (default: all)", metavar="N")
+    percentile: float = option(10.0, "the margin gamma: this percentile of the training margins")
+    checkpoint_dir: str | None = option(None, "where the runs' checkpoints are (default: beside the store)")
+    json: bool = option(False, "print the measures as JSON on stdout")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BoundOptions(StoreOptions):
+    """``rethink bound``: Dziugaite & Roy's PAC-Bayes certificate of one stored run."""
+
+    run_id: str = option(help="the run to certify ('rethink runs' lists them)")
+    steps: int = option(5000, "optimization steps of the posterior (5,000 with 200 samples: a reduced budget)")
+    samples: int = option(200, "weight samples for the Monte Carlo training and test errors")
+    checkpoint_dir: str | None = option(None, "where the run's checkpoint is (default: beside the store)")
+    json: bool = option(False, "print the certificate as JSON on stdout")
+
+
+@dataclass(frozen=True)
+class CorrelateOptions(StoreOptions):
+    """``rethink correlate``: which measure tracks generalization across the store's runs."""
+
+    target: str = option("gap", "gap (train minus test accuracy) or test_error", choices=("gap", "test_error"))
+    out: str = option("results/correlate", "folder for the table (Markdown, LaTeX) and the figure")
+    json: bool = option(False, "print the correlations as JSON on stdout")

@@ -24,7 +24,7 @@ FALLBACK_LR = 0.01
 NOT_HASHED = ("data_dir", "loader_workers")
 # Fields added after stores existed, with their defaults: hashed only when set to another value,
 # so the runs stored before them keep their ids.
-HASHED_IF_SET = {"stream": False, "image_size": 299}
+HASHED_IF_SET = {"stream": False, "image_size": 299, "binary": False}
 # Fields whose value is itself a list (in flags: a comma list).
 LIST_FIELDS = ("augment", "hidden")
 
@@ -53,6 +53,11 @@ class RunSpec:
     )
     image_size: int = option(
         299, "with --stream: side of the network's input; images are cropped and resized to it (Inception V3: 299)"
+    )
+    binary: bool = option(
+        False,
+        "two classes: 1 for the upper half of the dataset's classes, 0 for the lower (Dziugaite & Roy's "
+        "'digit > 4'); the randomization tests then act on these labels",
     )
     # randomization
     randomize: str = option("none", "none, partial-labels, random-labels, shuffled-pixels, random-pixels or gaussian")
@@ -246,13 +251,13 @@ def _coerce(name: str, value):
             if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
                 return int(value)
             return str(value)
-        if name in ("stop_on_fit", "stream"):
+        kind = {f.name: f.type for f in fields(RunSpec)}[name]
+        if kind == "bool":
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
-        kind = {f.name: f.type for f in fields(RunSpec)}[name]
         if "int" in kind and "float" not in kind:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError

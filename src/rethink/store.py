@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import UserError, make_folder
 
-SCHEMA_VERSION = 2  # 2: the meta table (store id) and the owner of a running run
+SCHEMA_VERSION = 3  # 2: the meta table (store id) and the owner of a running run; 3: measures
 # An evaluation's metrics (rethink.train.engine.evaluate), stored after its place and time.
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "corrupted_acc_noisy", "corrupted_acc_true", "clean_acc")
 EVAL_COLUMNS = ("step", "epoch", "seconds", "lr", *METRICS)
@@ -57,10 +57,15 @@ CREATE TABLE IF NOT EXISTS recipes (
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     step INTEGER NOT NULL, loss REAL, PRIMARY KEY (run_id, step)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS measures (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    name TEXT NOT NULL, options TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (run_id, name, options)) WITHOUT ROWID;
 """
 # From each older schema version to the next (CREATE TABLE IF NOT EXISTS adds the new tables).
 _MIGRATIONS = {
-    1: [f"ALTER TABLE runs ADD COLUMN {c} {t}" for c, t in zip(OWNER_COLUMNS, ("INTEGER", "TEXT", "INTEGER"))]
+    1: [f"ALTER TABLE runs ADD COLUMN {c} {t}" for c, t in zip(OWNER_COLUMNS, ("INTEGER", "TEXT", "INTEGER"))],
+    2: [],
 }
 
 
@@ -91,7 +96,8 @@ class Store:
             self._use_wal()
             with self.transaction():
                 version = self._check_schema()
-                for statement in _MIGRATIONS.get(version, []) + list(filter(str.strip, _SCHEMA.split(";"))):
+                upgrade = [s for v in range(version, SCHEMA_VERSION) for s in _MIGRATIONS.get(v, [])] if version else []
+                for statement in upgrade + list(filter(str.strip, _SCHEMA.split(";"))):
                     self.db.execute(statement)
                 self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -296,6 +302,27 @@ class Store:
     def step_losses(self, run_id: str) -> list[float]:
         rows = self.db.execute("SELECT loss FROM steps WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
         return [r[0] if r[0] is not None else float("nan") for r in rows]
+
+    def record_measures(self, run_id: str, values: dict, options: dict) -> None:
+        """Store a run's measures (name -> a number, None, or a list), computed with ``options``
+        (JSON-able; the same measure under other options is kept beside it)."""
+        key, now = json.dumps(options, sort_keys=True), time.time()
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO measures (run_id, name, options, value, created) VALUES (?, ?, ?, ?, ?)",
+                [(run_id, name, key, json.dumps(value), now) for name, value in values.items()],
+            )
+
+    def measures(self, run_id: str | None = None) -> list[dict]:
+        """Stored measures (of one run, or all): run_id, name, options, value; none in an older
+        store a reader opened without upgrading."""
+        if self.version < 3:
+            return []
+        where, args = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
+        rows = self.db.execute(
+            f"SELECT run_id, name, options, value FROM measures {where} ORDER BY run_id, name, options", args
+        ).fetchall()
+        return [{"run_id": r, "name": n, "options": json.loads(o), "value": json.loads(v)} for r, n, o, v in rows]
 
     def recipes(self) -> list[dict]:
         rows = self.db.execute("SELECT name, scale, options, run_ids, created FROM recipes ORDER BY created").fetchall()

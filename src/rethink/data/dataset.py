@@ -43,3 +43,16 @@ def array_checksum(*arrays: np.ndarray) -> str:
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))
     return h.hexdigest()[:16]
+
+
+def binarize(ds: Dataset) -> Dataset:
+    """Two classes: 1 for the upper half of ``ds``'s classes (``y >= num_classes // 2``), 0 for the
+    lower, as Dziugaite & Roy's binary MNIST ("digit > 4" against the rest)."""
+    cut = ds.num_classes // 2
+    names = [ds.class_names[:cut], ds.class_names[cut:]]
+    return ds.replace(
+        y_train=(ds.y_train >= cut).astype(np.int64),
+        y_test=(ds.y_test >= cut).astype(np.int64),
+        num_classes=2,
+        class_names=tuple(f"{n[0]}..{n[-1]}" if len(n) > 1 else n[0] for n in names),
+    )

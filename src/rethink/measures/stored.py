@@ -1,0 +1,109 @@
+"""Measures of the runs in a store: each run's final weights from its last checkpoint, its
+initialization rebuilt from its seed, its own training set with its (randomized) training labels."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+
+from .. import api
+from ..errors import UserError
+from ..spec import from_dict
+from ..store import Store
+from . import compute
+
+FINISHED = ("fitted", "budget", "converged")  # the statuses of runs that trained to their end
+
+
+def measure_run(
+    db: Store,
+    run_id: str,
+    *,
+    measures: list[str] | None = None,
+    subset: int | None = None,
+    percentile: float = 10.0,
+    checkpoint_dir: str | None = None,
+) -> dict:
+    """Compute the measures of stored run ``run_id`` and record them in ``db``; returns them."""
+    if subset is not None and subset < 1:
+        raise UserError(f"--subset {subset} must be at least 1")
+    _, model, init, prepared = _trained(db, run_id, checkpoint_dir)
+    x, y = prepared.data.x_train[:subset], prepared.data.y_train[:subset]
+    values = compute(model, x, y, init=init, evals=db.evals(run_id), measures=measures, percentile=percentile)
+    db.record_measures(run_id, values, {"subset": subset, "percentile": percentile})
+    return values
+
+
+def _trained(db: Store, run_id: str, checkpoint_dir: str | None):
+    """A finished run's spec, its trained model (final weights), its initialization (rebuilt from its
+    seed) and its prepared data (the same subset and randomization it trained on)."""
+    run = db.get_run(run_id)
+    if run is None:
+        raise UserError(f"run {run_id!r} is not in the store {db.path}; 'rethink runs --store {db.path}' lists them")
+    if run["status"] not in FINISHED:
+        raise UserError(f"run {run_id} is {run['status']}; only finished runs are measured (train it to its end first)")
+    spec = from_dict(run["spec"])
+    state = _final_weights(db, run_id, checkpoint_dir)
+    prepared = api.prepare(spec, torch.device("cpu"))
+    init = api.build_model(spec, prepared.input_shape, prepared.num_classes)
+    model = copy.deepcopy(init)
+    model.load_state_dict(state["model"])
+    return spec, model.eval(), init.eval(), prepared
+
+
+def _final_weights(db: Store, run_id: str, checkpoint_dir: str | None) -> dict:
+    """The run's last checkpoint (written when it ended), as :func:`rethink.api.checkpoint_file` names it."""
+    folder = checkpoint_dir or api.checkpoint_dir_of(db.path)
+    for name in (f"{run_id}.{db.store_id}.pt", f"{run_id}.pt"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            state = api.read_checkpoint(path, "cpu")
+            if state.get("store_id") in (None, db.store_id) and state.get("finished"):
+                return state
+    raise UserError(
+        f"run {run_id} has no final checkpoint in {folder}; its final weights are needed: give --checkpoint-dir "
+        "if it trained with one, or train it again with 'rethink run --force' into this store"
+    )
+
+
+def bound_run(
+    db: Store,
+    run_id: str,
+    *,
+    steps: int = 5000,
+    samples: int = 200,
+    checkpoint_dir: str | None = None,
+    log=print,
+) -> dict:
+    """Dziugaite & Roy's PAC-Bayes certificate (:func:`rethink.pacbayes.bound`) for stored run
+    ``run_id``: the posterior around its final weights, the prior around its initialization, its
+    training set (with its training labels) and its test set; recorded in ``db`` and returned."""
+    from .. import pacbayes
+
+    spec, model, init, prepared = _trained(db, run_id, checkpoint_dir)
+    d = prepared.data
+    seconds = _estimate(model, init, d, steps, samples)
+    log(f"bound of run {run_id}: {steps} optimization steps, {samples} weight samples; about {seconds / 60:.1f} min")
+    out = pacbayes.bound(
+        model, init, d.x_train, d.y_train, d.x_test, d.y_test, steps=steps, samples=samples, seed=spec.seed
+    )
+    db.record_measures(run_id, {f"pacbayes_{k}": v for k, v in out.items()}, {"steps": steps, "samples": samples})
+    return out
+
+
+def _estimate(model, init, data, steps: int, samples: int) -> float:
+    """Seconds the certificate should take: a few timed posterior steps and one timed weight sample
+    over the training and test sets, scaled to ``steps`` and ``samples``."""
+    import time
+
+    from .. import pacbayes
+
+    t0 = time.perf_counter()
+    post = pacbayes.optimize_posterior(model, pacbayes.flat_params(init), None, data.x_train, data.y_train, steps=5)
+    step = (time.perf_counter() - t0) / 5
+    t0 = time.perf_counter()
+    for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
+        pacbayes.mc_error(model, post["w"], post["s"], x, y, 1)
+    return step * steps + (time.perf_counter() - t0) * samples
