@@ -139,7 +139,7 @@ class BoundOptions(StoreOptions):
     """``rethink bound``: Dziugaite & Roy's PAC-Bayes certificate of one stored run."""
 
     run_id: str = option(help="the run to certify ('rethink runs' lists them)")
-    steps: int = option(5000, "optimization steps of the posterior (5,000 with 200 samples: a reduced budget)")
+    steps: int = option(20000, "optimization steps of the posterior (more: a tighter bound, and slower)")
     samples: int = option(200, "weight samples for the Monte Carlo training and test errors")
     checkpoint_dir: str | None = option(None, "where the run's checkpoint is (default: beside the store)")
     json: bool = option(False, "print the certificate as JSON on stdout")

@@ -72,7 +72,7 @@ def bound_run(
     db: Store,
     run_id: str,
     *,
-    steps: int = 5000,
+    steps: int = 20000,
     samples: int = 200,
     checkpoint_dir: str | None = None,
     log=print,
