@@ -449,15 +449,12 @@ def cmd_linear_sgd(args) -> int:
 def cmd_measure(args) -> int:
     from .measures import MEASURES
     from .measures.stored import FINISHED, measure_run
-    from .store import Store
 
     if args.list_measures:
         print(_table([[name, what] for name, what in MEASURES.describe()], ["measure", "what it is"]))
         return 0
     names = [MEASURES.canonical(n.strip()) for n in args.measures.split(",") if n.strip()] if args.measures else None
-    if not os.path.exists(args.store):
-        raise UserError(f"store {args.store} does not exist; pass --store with the file that 'rethink run' wrote")
-    db = Store(args.store)
+    db = _existing_store(args.store)
     run_ids = [r["run_id"] for r in db.runs() if r["status"] in FINISHED] if args.all else args.run_id
     if not run_ids:
         raise UserError("give --run-id ID (repeatable) or --all; 'rethink runs' lists the store's runs")
@@ -478,8 +475,6 @@ def cmd_bound(args) -> int:
 
     if args.steps < 1 or args.samples < 1:
         raise UserError(f"--steps {args.steps} and --samples {args.samples} must be at least 1")
-    if not os.path.exists(args.store):
-        raise UserError(f"store {args.store} does not exist; pass --store with the file that 'rethink run' wrote")
     out = bound_run(Store(args.store), args.run_id, **_given(args, "steps", "samples", "checkpoint_dir"), log=_stderr)
     if args.json:
         print(json.dumps(out))
@@ -521,6 +516,15 @@ def _json_safe(value):
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _existing_store(path: str):
+    """The store at ``path``, opened to record measures in; one that is missing is not created."""
+    from .store import Store
+
+    if not os.path.exists(path):
+        raise UserError(f"store {path} does not exist; pass --store with the file that 'rethink run' wrote")
+    return Store(path)
 
 
 def _measure_text(value) -> str:
