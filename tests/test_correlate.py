@@ -120,9 +120,10 @@ def test_correlate_on_a_grid(tmp_path):
 def test_correlation_output_rows_in_tau_order(tmp_path):
     output = correlation_output(correlate(_grid_store(tmp_path)))
     table = output.tables[0]
-    assert table.header == ["measure", "tau", "psi (p)", "psi (width)", "Psi", "PGDL"]
+    assert table.header == ["measure", "runs", "tau", "psi (p)", "psi (width)", "Psi", "PGDL"]
     assert [row[0] for row in table.rows] == ["gap_copy", "hand", "minus_gap"]
-    assert [row[1] for row in table.rows] == ["1.000", f"{kendall_tau(VALUES, GAPS):.3f}", "-1.000"]
+    assert [row[1] for row in table.rows] == ["6", "6", "6"]
+    assert [row[2] for row in table.rows] == ["1.000", f"{kendall_tau(VALUES, GAPS):.3f}", "-1.000"]
     assert len(output.figures) == 1 and len(output.specs) == 6
     import matplotlib.pyplot as plt
 

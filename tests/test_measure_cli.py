@@ -47,7 +47,8 @@ def test_measure_a_subset_and_named_measures(store, capsys):
     table = capsys.readouterr().out
     assert "margin" in table and "params" in table and "path_norm" not in table
     kept = [m for m in Store(store, readonly=True).measures(run_id) if m["options"]["subset"] == 50]
-    assert {m["name"] for m in kept} - {"_unsupported"} == {"margin", "params"}
+    assert {m["name"] for m in kept} == {"margin", "params", "_unsupported", "_examples"}
+    assert next(m["value"] for m in kept if m["name"] == "_examples") == 50
 
 
 @pytest.mark.parametrize(
@@ -88,7 +89,8 @@ def test_bound_certifies_a_stored_run(store, capsys):
     assert "100 optimization steps, 20 weight samples; about" in captured.err
     assert 0 < out["e_mc"] <= out["e_up"] <= out["bound"] <= 1 and out["kl"] >= 0 and out["m"] == 200
     stored = {m["name"]: m["value"] for m in Store(store, readonly=True).measures(run_id)}
-    assert stored["pacbayes_bound"] == out["bound"]
+    assert stored["pacbayes_bound"] == out["bound"] and stored["_pacbayes"] == out
+    assert out["chance_error"] == 0.9 and "vacuous when at least 0.9" in captured.err
 
 
 def test_correlate_ranks_the_stored_measures(tmp_path, capsys):
@@ -103,5 +105,18 @@ def test_correlate_ranks_the_stored_measures(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["axes"] == ["p"] and {m["name"] for m in result["measures"]} >= {"margin", "param_norm"}
     assert (out / "correlate.md").exists() and (out / "correlate.png").exists()
+    assert main(["report", "--store", path, "--out", str(tmp_path / "report.html")]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "Measures <span" in page and "(every run in the store)" in page and "Kendall&#x27;s tau" in page
+    assert "No correlation table" not in page
     capsys.readouterr()
     assert main(["correlate", "--store", str(tmp_path / "none.sqlite"), "--out", str(out)]) == 2
+
+
+def test_report_measures_section_says_why_there_is_no_correlation(store, tmp_path, capsys):
+    """Two runs are too few to correlate: the report still shows their measures, and says why."""
+    assert main(["measure", "--store", store, "--all", "--measures", "margin"]) == 0
+    assert main(["report", "--store", store, "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "No correlation table: correlate needs at least 3 finished runs with measures; 2 have them" in page
+    assert '<th class="num">margin</th>' in page and "mlp random-labels" in page

@@ -3,12 +3,15 @@ cells; the slowdown statistics; the HTML report of a store, rendered in a real b
 
 import os
 
+import numpy as np
 import pytest
 
 from browser import CHROMIUM, render_in_chromium
 from rethink.api import RunResult, load_result
 from rethink.cli import main
-from rethink.recipes import RECIPES, figure1, stored_outputs
+from rethink.measures import MEASURES
+from rethink.measures.stored import stored_values
+from rethink.recipes import RECIPES, figure1, generalization, stored_outputs
 from rethink.recipes.common import LABELS, protocol
 from rethink.recipes.tables import TABLE4, _regularizer, converged
 from rethink.spec import RunSpec
@@ -23,6 +26,7 @@ FILES = {
     "figure2b": ["figure2b.png", "figure2b.svg", "figure2b.md", "figure2b.tex"],
     "table1": ["table1.md", "table1.tex"],
     "table4": ["table4.md", "table4.tex"],
+    "measures": ["measures_vs_p.png", "normalized_margins.png", "measures_tau.png", "measures_correlation.md"],
 }
 
 
@@ -136,6 +140,42 @@ def test_smoke_inception_without_batch_norm_trains(smoke):
     ]
     assert len(runs) == 4
     assert all(r.train_acc >= 0.99 for r in runs), [r.train_acc for r in runs]
+
+
+def test_smoke_measures_every_run_measured_certificate_per_p(smoke):
+    """Every run of the measures grid has every measure; one run per p has a certificate; the paper's
+    picture holds: the gap grows with p, random labels shrink Bartlett's normalized margins."""
+    store, outputs = smoke
+    results = smoke_results(store, "measures")
+    values = stored_values(Store(store), {r.run_id for r in results})
+    assert len(results) == 3 * 2 * 2 and all(r.status == "fitted" for r in results)
+    assert all(set(MEASURES.names()) <= set(values[r.run_id]) for r in results)
+    certified = sorted((r for r in results if "pacbayes_bound" in values[r.run_id]), key=lambda r: r.spec.p)
+    assert [r.spec.p for r in certified] == [0.0, 0.5, 1.0]
+    assert all((r.spec.width, r.spec.weight_decay, r.spec.seed) == (0.5, 0.0, 0) for r in certified)
+    for r in certified:
+        cert = values[r.run_id]["_pacbayes"]
+        assert cert["e_mc"] <= cert["e_up"] <= cert["bound"] <= 1 and cert["chance_error"] == 0.9
+    gaps = {p: [r.train_acc - r.test_acc for r in results if r.spec.p == p] for p in (0.0, 0.5, 1.0)}
+    assert max(gaps[0.0]) < min(gaps[0.5]) and max(gaps[0.5]) < min(gaps[1.0])
+    true, rand = (np.median(values[r.run_id]["normalized_margins"]) for r in (certified[0], certified[-1]))
+    assert true > 3 * rand > 0, "random labels push the normalized margins towards zero (Bartlett et al. Fig. 2)"
+    table = (outputs["measures"] / "measures_correlation.md").read_text()
+    assert "| spectral_complexity |" in table and "psi (p)" in table and "psi (width)" in table
+
+
+def test_measures_recipe_again_computes_nothing(smoke, monkeypatch):
+    """A second reproduce reads the runs, measures and certificates back from the store."""
+    store, outputs = smoke
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(generalization, "measure_run", refuse)
+    monkeypatch.setattr(generalization, "bound_run", refuse)
+    out = outputs["measures"].parent / "again"
+    assert main(["reproduce", "measures", "--scale", "smoke", "--out", str(out), "--store", store, "--quiet"]) == 0
+    assert (out / "measures_vs_p.md").read_text() == (outputs["measures"] / "measures_vs_p.md").read_text()
 
 
 def test_figure1b_and_1c_share_runs(smoke):
@@ -304,7 +344,9 @@ def test_report_has_every_recipe(smoke, tmp_path):
     page = path.read_text()
     for name in SMOKE_RECIPES:
         assert name in page
-    assert page.count("data:image/png;base64,") == 4 and "http://" not in page  # figures 1a, 1b, 1c, 2b
+    # figures 1a, 1b, 1c, 2b, the measures recipe's three, and the tau chart of the Measures section
+    assert page.count("data:image/png;base64,") == 8 and "http://" not in page
+    assert "Measures <span" in page and "(every run in the store)" in page
     if os.path.exists(CHROMIUM):
         dom = render_in_chromium(page, tmp_path, expect_images=page.count("<img "))
         assert "table1" in dom and "figure2b" in dom

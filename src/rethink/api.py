@@ -45,6 +45,7 @@ class RunResult:
     evals: list[dict] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
     cached: bool = False  # True when the finished run was read back from the store
+    measures: dict = field(default_factory=dict)  # stored measures, where a recipe asks for them
 
     @property
     def train_acc(self):

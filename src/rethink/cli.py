@@ -226,12 +226,15 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .measures.correlate import store_output
     from .recipes import stored_outputs, user_runs
     from .report import environment, write_html
     from .store import Store
 
     db = Store(args.store, readonly=True)
     outputs, runs = stored_outputs(db), user_runs(db)
+    measures = store_output(db)
+    outputs += [measures] if measures is not None else []
     path = write_html(outputs, args.out, env=environment(), runs=runs)
     print(f"wrote {path} ({len(outputs)} recipe outputs, {len(runs)} other runs)", file=sys.stderr)
     return 0
@@ -478,10 +481,13 @@ def cmd_bound(args) -> int:
     out = bound_run(Store(args.store), args.run_id, **_given(args, "steps", "samples", "checkpoint_dir"), log=_stderr)
     if args.json:
         print(json.dumps(out))
-        return 0
-    keys = ("bound", "e_mc", "e_up", "snn_test_error", "kl", "B_RE", "lambda", "j", "m", "n_samples", "seconds")
-    print(_table([[k, _measure_text(out[k])] for k in keys], ["certificate", args.run_id]))
-    print(f"holds with probability {out['confidence']:.3f}; vacuous when at least 0.5", file=sys.stderr)
+    else:
+        keys = ("bound", "e_mc", "e_up", "snn_test_error", "kl", "B_RE", "lambda", "j", "m", "n_samples", "seconds")
+        print(_table([[k, _measure_text(out[k])] for k in keys], ["certificate", args.run_id]))
+    _stderr(
+        f"holds with probability {out['confidence']:.3f}; vacuous when at least {out['chance_error']:.2g} "
+        "(the error of guessing)"
+    )
     return 0
 
 

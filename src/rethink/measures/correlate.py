@@ -17,9 +17,8 @@ from ..errors import UserError
 from ..report import Figure, Output, Table
 from ..spec import NOT_HASHED
 from ..store import Store
+from .stored import FINISHED, stored_values
 
-FINISHED = ("fitted", "budget", "converged")  # the statuses of runs that trained to their end
-PREFERRED_OPTIONS = {"subset": None, "percentile": 10.0}  # what 'rethink measure' stores by default
 # Not hyperparameter axes: seeds are replicates of one setting, the rest say where or how a run ran.
 NOT_AXES = ("seed", "device", *NOT_HASHED)
 TARGETS = ("gap", "test_error")
@@ -141,20 +140,15 @@ def pgdl_score(values, gaps, axes: dict) -> float:
     return 100.0 * min(scores) if scores else float("nan")
 
 
-def _measure_values(db: Store, run_ids: set[str]) -> dict[str, dict[str, float]]:
-    """{measure: {run_id: value}}: per run and measure the value stored with the default options
-    when there is one, else the first stored; list, None and non-finite values are left out."""
-    chosen: dict[tuple[str, str], tuple[bool, object]] = {}
-    for m in db.measures():
-        if m["name"].startswith("_") or m["run_id"] not in run_ids:
-            continue
-        key, preferred = (m["name"], m["run_id"]), m["options"] == PREFERRED_OPTIONS
-        if key not in chosen or (preferred and not chosen[key][0]):
-            chosen[key] = (preferred, m["value"])
+def _numeric(values: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """{measure: {run_id: value}} from {run_id: {measure: value}}, keeping finite numbers only
+    (list, None and non-finite values are left out, as are the names starting with '_')."""
     out: dict[str, dict[str, float]] = {}
-    for (name, run_id), (_, value) in chosen.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            out.setdefault(name, {})[run_id] = float(value)
+    for run_id, named in values.items():
+        for name, value in named.items():
+            finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if finite and not name.startswith("_"):
+                out.setdefault(name, {})[run_id] = float(value)
     return out
 
 
@@ -167,9 +161,17 @@ def _target(summary: dict | None, target: str) -> float | None:
 
 
 def correlate(db: Store, target: str = "gap") -> dict:
-    """Each stored measure's agreement with ``target`` over the store's finished runs (MEASURES.md
-    sec. 4): tau over all runs, psi per axis, Psi and the PGDL score.
+    """:func:`correlate_runs` over the store's finished runs and their stored measures
+    (:func:`rethink.measures.stored.stored_values`)."""
+    runs = [r for r in db.runs() if r["status"] in FINISHED]
+    return correlate_runs(runs, stored_values(db, {r["run_id"] for r in runs}), target)
 
+
+def correlate_runs(runs: list[dict], values: dict[str, dict], target: str = "gap") -> dict:
+    """Each measure's agreement with ``target`` over ``runs`` (MEASURES.md sec. 4): tau over all
+    runs, psi per axis, Psi and the PGDL score.
+
+    ``runs``: dicts with run_id, spec (a dict) and summary; ``values``: {run_id: {measure: value}}.
     ``target``: gap (train_acc - test_acc) or test_error (1 - test_acc), from each run's summary.
     The axes are the spec fields that vary across the runs with measures, except the seed (runs
     that differ only in seed are replicates of one setting, not points along an axis), device,
@@ -180,11 +182,11 @@ def correlate(db: Store, target: str = "gap") -> dict:
     """
     if target not in TARGETS:
         raise UserError(f"unknown correlation target {target!r}; use one of {', '.join(TARGETS)}")
-    finished = {r["run_id"]: r for r in db.runs() if r["status"] in FINISHED}
-    per_measure = _measure_values(db, set(finished))
+    finished = {r["run_id"]: r for r in runs}
+    per_measure = _numeric({rid: v for rid, v in values.items() if rid in finished})
     with_measures = {rid for vals in per_measure.values() for rid in vals}
     targets = {rid: _target(finished[rid]["summary"], target) for rid in with_measures}
-    run_ids = [rid for rid in finished if targets.get(rid) is not None]  # store order: oldest first
+    run_ids = [rid for rid in finished if targets.get(rid) is not None]  # the runs' order: oldest first
     if len(run_ids) < 3:
         raise UserError(
             f"correlate needs at least 3 finished runs with measures; {len(run_ids)} have them: "
@@ -236,10 +238,11 @@ def correlation_output(result: dict) -> Output:
     target = "generalization gap" if result["target"] == "gap" else "test error"
     table = Table(
         "correlate",
-        ["measure", "tau", *[f"psi ({a})" for a in axes], "Psi", "PGDL"],
+        ["measure", "runs", "tau", *[f"psi ({a})" for a in axes], "Psi", "PGDL"],
         [
             [
                 r["name"],
+                str(r["runs"]),
                 _cell(r["tau"], 3),
                 *[_cell(r["psi"].get(a, float("nan")), 3) for a in axes],
                 _cell(r["Psi"], 3),
@@ -250,6 +253,7 @@ def correlation_output(result: dict) -> Output:
         f"Kendall's tau of each measure with the {target} over {result['runs']} finished runs, "
         f"granulated consistency psi per axis and Psi, and the PGDL score; ranked by tau.",
         [
+            "runs: those with a value of the measure (a certificate is computed for some runs only). "
             "tau: over all pairs of runs, ties count 0. psi (axis): mean tau over the settings of the other "
             "axes as only that axis varies; Psi: mean of the psi. PGDL: minimum over axis pairs of the "
             "conditional mutual information between the signs of gap and measure differences, divided by "
@@ -267,3 +271,44 @@ def correlation_output(result: dict) -> Output:
     fig.tight_layout()
     caption = f"Kendall's tau of each measure with the {target} over {result['runs']} finished runs, best first."
     return Output("correlate", "store", [table], [Figure("correlate", fig, caption)], result.get("specs", []))
+
+
+def store_output(db: Store) -> Output | None:
+    """The report's "Measures" section: a table of every finished run's stored measures, then the
+    correlation table and figure of :func:`correlation_output` when the runs allow one (a note says
+    why not otherwise); None when no finished run has measures."""
+    from . import MEASURES
+
+    runs = [r for r in db.runs() if r["status"] in FINISHED]
+    values = stored_values(db, {r["run_id"] for r in runs})
+    runs = [r for r in runs if r["run_id"] in values]
+    if not runs:
+        return None
+    per_measure = _numeric(values)
+    names = [n for n in ("pacbayes_bound", "pacbayes_kl", *MEASURES.names()) if n in per_measure]
+    names += sorted(set(per_measure) - set(names))  # a measure registered in another session
+    rows = []
+    for r in runs:
+        spec, summary = r["spec"], r["summary"] or {}
+        test = spec.get("randomize", "") + (f" p={spec['p']:g}" if spec.get("randomize") == "partial-labels" else "")
+        rows.append(
+            [
+                r["run_id"],
+                f"{spec.get('model')} {test}",
+                *(_cell(100 * summary[k], 1) if summary.get(k) is not None else "" for k in ("train_acc", "test_acc")),
+                *(f"{per_measure[n][r['run_id']]:.3g}" if r["run_id"] in per_measure[n] else "" for n in names),
+            ]
+        )
+    table = Table(
+        "measures",
+        ["run", "model and test", "train acc %", "test acc %", *names],
+        rows,
+        f"The stored measures of the {len(runs)} finished run(s) that have them (rethink measure, rethink bound).",
+    )
+    tables, figures = [table], []
+    try:
+        corr = correlation_output(correlate_runs(runs, values))
+        tables, figures = [table, *corr.tables], corr.figures
+    except UserError as e:
+        table.notes.append(f"No correlation table: {e}")
+    return Output("Measures", "store", tables, figures, [r["spec"] for r in runs])

@@ -15,6 +15,7 @@ from ..store import Store
 from . import compute
 
 FINISHED = ("fitted", "budget", "converged")  # the statuses of runs that trained to their end
+DEFAULT_OPTIONS = {"subset": None, "percentile": 10.0}  # what 'rethink measure' stores by default
 
 
 def measure_run(
@@ -29,14 +30,31 @@ def measure_run(
     """Compute the measures of stored run ``run_id`` and record them in ``db``; returns them."""
     if subset is not None and subset < 1:
         raise UserError(f"--subset {subset} must be at least 1")
-    _, model, init, prepared = _trained(db, run_id, checkpoint_dir)
+    _, model, init, prepared = trained_run(db, run_id, checkpoint_dir)
     x, y = prepared.data.x_train[:subset], prepared.data.y_train[:subset]
     values = compute(model, x, y, init=init, evals=db.evals(run_id), measures=measures, percentile=percentile)
+    values["_examples"] = len(x)  # m, for the normalization sqrt(v / m) across runs
     db.record_measures(run_id, values, {"subset": subset, "percentile": percentile})
     return values
 
 
-def _trained(db: Store, run_id: str, checkpoint_dir: str | None):
+def stored_values(db: Store, run_ids: set[str] | None = None) -> dict[str, dict]:
+    """{run_id: {measure: value}} of the stored measures (of ``run_ids``, or all): per run and measure
+    the value stored with :data:`DEFAULT_OPTIONS` when there is one, else the first stored."""
+    chosen: dict[tuple[str, str], tuple[bool, object]] = {}
+    for m in db.measures():
+        if run_ids is not None and m["run_id"] not in run_ids:
+            continue
+        key, preferred = (m["run_id"], m["name"]), m["options"] == DEFAULT_OPTIONS
+        if key not in chosen or (preferred and not chosen[key][0]):
+            chosen[key] = (preferred, m["value"])
+    out: dict[str, dict] = {}
+    for (run_id, name), (_, value) in chosen.items():
+        out.setdefault(run_id, {})[name] = value
+    return out
+
+
+def trained_run(db: Store, run_id: str, checkpoint_dir: str | None = None):
     """A finished run's spec, its trained model (final weights), its initialization (rebuilt from its
     seed) and its prepared data (the same subset and randomization it trained on)."""
     run = db.get_run(run_id)
@@ -82,14 +100,16 @@ def bound_run(
     training set (with its training labels) and its test set; recorded in ``db`` and returned."""
     from .. import pacbayes
 
-    spec, model, init, prepared = _trained(db, run_id, checkpoint_dir)
+    spec, model, init, prepared = trained_run(db, run_id, checkpoint_dir)
     d = prepared.data
     seconds = _estimate(model, init, d, steps, samples)
     log(f"bound of run {run_id}: {steps} optimization steps, {samples} weight samples; about {seconds / 60:.1f} min")
     out = pacbayes.bound(
         model, init, d.x_train, d.y_train, d.x_test, d.y_test, steps=steps, samples=samples, seed=spec.seed
     )
-    db.record_measures(run_id, {f"pacbayes_{k}": v for k, v in out.items()}, {"steps": steps, "samples": samples})
+    out["chance_error"] = 1.0 - 1.0 / prepared.num_classes  # a bound at or above it says nothing
+    stored = {"pacbayes_bound": out["bound"], "pacbayes_kl": out["kl"], "_pacbayes": out}
+    db.record_measures(run_id, stored, {"steps": steps, "samples": samples})
     return out
 
 

@@ -13,6 +13,7 @@ import time
 
 from .. import api, distributed
 from ..errors import UserError
+from ..measures.stored import stored_values
 from ..report import Output, close, save
 from ..store import Store
 from ..sweep import run_sweep
@@ -20,7 +21,7 @@ from .common import PROTOCOLS, RECIPES, SCALES, Recipe
 
 # Importing the recipe modules registers their recipes, in this order (the order names are listed in).
 # isort: off
-from . import figure1, figure2, tables, table2  # noqa: F401
+from . import figure1, figure2, tables, table2, generalization  # noqa: F401
 # isort: on
 
 
@@ -36,8 +37,12 @@ def recipe_specs(name: str, scale: str, options: dict, seeds: int):
     return recipe.specs(recipe.protocol(scale), options, seeds)
 
 
-def render(name: str, scale: str, options: dict, seeds: int, results) -> Output:
+def render(name: str, scale: str, options: dict, seeds: int, results, db: Store) -> Output:
     recipe = get(name)
+    if recipe.measure is not None:
+        values = stored_values(db, {r.run_id for r in results})
+        for r in results:
+            r.measures = values.get(r.run_id, {})
     figures, tabs = recipe.render(results, recipe.protocol(scale), options, seeds)
     runs = [
         {
@@ -88,14 +93,21 @@ def reproduce(
             f"{len(failed)} runs failed ({', '.join(failed)}; see 'rethink runs'); "
             "run the same command again to retry them"
         )
-    if distributed.rank() == 0:  # under torchrun, rank 0 alone writes the store and the files
+    recipe, lead = get(name), distributed.rank() == 0  # under torchrun, rank 0 alone measures and writes
+    if lead:
+        if recipe.measure is not None:
+            recipe.measure(db, results, recipe.protocol(scale), log=_log if progress else lambda message: None)
         db.record_recipe(name, scale, {**options, "seeds": seeds}, [r.run_id for r in results])
-    output = render(name, scale, options, seeds, results)
-    paths = save(output, out) if distributed.rank() == 0 else []
+    output = render(name, scale, options, seeds, results, db)
+    paths = save(output, out) if lead else []
     close(output)
     if progress:
         print(f"{name} ({scale}): {len(results)} runs, {time.perf_counter() - t0:.0f} s; wrote {out}/", file=sys.stderr)
     return output, paths
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def stored_outputs(db: Store) -> list[Output]:
@@ -109,7 +121,7 @@ def stored_outputs(db: Store) -> list[Output]:
         if any(r is None or r.status not in api.FINISHED for r in results):
             continue
         opts = {k: v for k, v in rec["options"].items() if k != "seeds"}
-        outputs.append(render(rec["name"], rec["scale"], opts, rec["options"].get("seeds", 1), results))
+        outputs.append(render(rec["name"], rec["scale"], opts, rec["options"].get("seeds", 1), results, db))
     return outputs
 
 

@@ -179,6 +179,9 @@ class Recipe:
     specs: Callable  # (protocol, options, seeds) -> list[RunSpec]
     render: Callable  # (results, protocol, options, seeds) -> (figures, tables)
     protocols: dict = field(default_factory=dict)  # scale -> this recipe's own protocol (default: the scale's)
+    # (store, results, protocol, log) -> None: computes and stores what render reads from each
+    # result's ``measures`` after the sweep (None: render reads the runs alone)
+    measure: Callable | None = None
 
     def protocol(self, scale: str):
         return self.protocols.get(scale) or protocol(scale)
@@ -188,10 +191,19 @@ class Recipe:
 RECIPES: Registry[Recipe] = Registry("recipe")
 
 
-def add_recipe(name: str, description: str, specs: Callable, render: Callable, protocols: dict | None = None) -> Recipe:
+def add_recipe(
+    name: str,
+    description: str,
+    specs: Callable,
+    render: Callable,
+    protocols: dict | None = None,
+    measure: Callable | None = None,
+) -> Recipe:
     """Register recipe ``name``: ``specs(protocol, options, seeds)`` gives its runs, ``render(results,
-    protocol, options, seeds)`` its (figures, tables); ``protocols`` maps a scale to its own protocol."""
-    return RECIPES.add(name, Recipe(name, description, specs, render, dict(protocols or {})), description)
+    protocol, options, seeds)`` its (figures, tables); ``protocols`` maps a scale to its own protocol;
+    ``measure``: see :class:`Recipe`."""
+    recipe = Recipe(name, description, specs, render, dict(protocols or {}), measure)
+    return RECIPES.add(name, recipe, description)
 
 
 def make_spec(proto: Protocol, options: dict, model: str, seed: int, **fields) -> RunSpec:

@@ -93,7 +93,7 @@ def save(output: Output, out_dir: str, env: dict | None = None) -> list[str]:
 
 def _readme(output: Output, has_env: bool) -> str:
     """The README.md of a saved output: every file, with the captions and the tables inline."""
-    lines = [f"# {output.recipe} ({output.scale} scale)", ""]
+    lines = [f"# {output.recipe} ({output.scope})", ""]
     for fig in output.figures:
         lines += [f"## Figure `{fig.name}`", "", f"![{fig.name}]({fig.name}.png)", ""]
         if fig.caption.strip():

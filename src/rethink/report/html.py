@@ -126,7 +126,7 @@ def _runs_html(runs: list[dict]) -> str:
 
 
 def _output_html(out: Output, sid: str) -> str:
-    parts = [f'<section id="{sid}">', f'<h2>{_e(out.recipe)} <span class="scale">({_e(out.scale)} scale)</span></h2>']
+    parts = [f'<section id="{sid}">', f'<h2>{_e(out.recipe)} <span class="scale">({_e(out.scope)})</span></h2>']
     shown = set()  # captions already on the page in this section: a table that shares its figure's says so once
     for fig in out.figures:
         alt = fig.caption.strip() or fig.name
@@ -171,7 +171,7 @@ def _contents_entry(sid: str, out: Output) -> str:
         for item in items
     ]
     sub = f" &mdash; {' &middot; '.join(links)}" if links else ""
-    return f'<li><a href="#{sid}">{_e(out.recipe)}</a> <span class="scale">({_e(out.scale)} scale)</span>{sub}</li>'
+    return f'<li><a href="#{sid}">{_e(out.recipe)}</a> <span class="scale">({_e(out.scope)})</span>{sub}</li>'
 
 
 def _pct(v) -> str:

@@ -57,6 +57,11 @@ class Output:
     specs: list[dict]  # RunSpec.to_dict() of every run behind it
     runs: list[dict] = field(default_factory=list)  # optional per-run rows: run_id, status, summary subset
 
+    @property
+    def scope(self) -> str:
+        """What the output covers, in words: its scale, or the whole store ("store" scale)."""
+        return "every run in the store" if self.scale == "store" else f"{self.scale} scale"
+
 
 # -- column alignment ---------------------------------------------------------------------------
 _NUMBER = r"[-+\u2212]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*%?"
