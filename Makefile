@@ -11,7 +11,7 @@ IMAGENET_VENV ?= .venv-imagenet
 IMAGENET_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 IMAGENET_STAMP = $(IMAGENET_VENV)/.installed
 
-.PHONY: install demo lint format test test-imagenet test-quick clean
+.PHONY: install demo lint format docs test test-imagenet test-quick clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/bin/python:
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[test,cluster]"
+	$(PIP) install --quiet -e ".[test,cluster,analysis,docs]"
 	touch $@
 
 $(IMAGENET_STAMP): pyproject.toml
@@ -42,7 +42,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+# The documentation site (mkdocs.yml, docs/, the API reference from the docstrings) into site/;
+# --strict turns every warning (a broken link, an unrenderable docstring) into a failure.
+docs: install
+	$(VENV)/bin/mkdocs build --strict
+
+test: lint docs
 	$(VENV)/bin/python -m pytest -q
 	$(MAKE) test-imagenet
 
@@ -53,4 +58,4 @@ test-quick: install
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) $(IMAGENET_VENV) demo-out runs results .pytest_cache
+	rm -rf $(VENV) $(IMAGENET_VENV) demo-out runs results site .pytest_cache

@@ -351,6 +351,17 @@ CATALOGUE = [
         "bound of a run id not in the store", lambda tmp: ["bound", "--run-id", "0123456789abcdef"], "not in the store"
     ),
     Case("bound with no weight samples", lambda tmp: ["bound", "--run-id", "x", "--samples", "0"], "--samples 0"),
+    # memorization
+    Case(
+        "--track-examples on a streamed image folder",
+        lambda tmp: [*RUN, "--dataset", f"imagefolder:{tmp}", "--stream", "--track-examples"],
+        "--track-examples needs the training set in memory",
+    ),
+    Case(
+        "memorization of a run id not in the store",
+        lambda tmp: ["memorization", "--run-id", "0123456789abcdef", "--out", str(tmp / "m")],
+        "not in the store",
+    ),
 ]
 
 
@@ -377,7 +388,16 @@ def filled_store(tmp_path_factory) -> Path:
 def test_bad_input(case, tmp_path, filled_store, capsys, monkeypatch):
     monkeypatch.setenv("RETHINK_DATA", str(tmp_path / "no-data"))
     argv = case.argv(tmp_path)
-    if "--store" not in argv and argv[0] in ("run", "sweep", "reproduce", "report", "export", "measure", "bound"):
+    if "--store" not in argv and argv[0] in (
+        "run",
+        "sweep",
+        "reproduce",
+        "report",
+        "export",
+        "measure",
+        "bound",
+        "memorization",
+    ):
         argv = [*argv, "--store", str(filled_store)]
     before = dump(filled_store)
     capsys.readouterr()

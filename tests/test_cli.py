@@ -184,3 +184,17 @@ def test_augment_crop_on_images_without_a_crop_is_documented_and_shifts_by_an_ei
         for p, o in zip(padded, out)
     ]
     assert None not in shifts and len(set(shifts)) > 1  # every crop is a shift by at most one pixel
+
+
+def test_threads_apply_to_the_command_and_are_restored_after_it(tmp_path, monkeypatch):
+    """--threads sets the command's torch threads; main() called in-process (Python, tests) gives the
+    caller its own count back, as it does its SIGTERM handler (one test's count once leaked into the
+    next tests' numerics)."""
+    import torch
+
+    before, seen = torch.get_num_threads(), []
+    monkeypatch.setattr("rethink.cli.speed_settings", lambda: seen.append(torch.get_num_threads()))
+    target = 1 if before != 1 else 2
+    store = str(tmp_path / "s.sqlite")
+    assert main(["run", "--dataset", "no-such-set", "--threads", str(target), "--store", store]) == 2
+    assert seen == [target] and torch.get_num_threads() == before

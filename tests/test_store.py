@@ -82,7 +82,7 @@ def test_a_version_1_store_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path):
     reader.close()
     assert snapshot(tmp_path) == before, "reading does not upgrade"
     writer = Store(str(path))
-    assert writer.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert writer.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert len(writer.store_id) == 32 and writer.get_run("r1")["summary"] == {"train_acc": 1.0}
     assert [e["train_acc"] for e in writer.evals("r1")] == [0.1, 1.0]
     writer.close()
@@ -110,7 +110,8 @@ def test_a_version_2_store_gains_the_measures_table_and_keeps_its_runs(tmp_path)
     reader.close()
     assert snapshot(tmp_path) == before, "reading does not upgrade"
     writer = Store(str(path))
-    assert writer.db.execute("PRAGMA user_version").fetchone()[0] == 3 and writer.store_id == "abc"
+    assert writer.db.execute("PRAGMA user_version").fetchone()[0] == 4 and writer.store_id == "abc"
+    assert writer.examples("r1") == [] and writer.examples_bytes() == {}  # the v4 table, empty
     writer.record_measures("r1", {"margin": 0.5, "margins": [0.1, 0.9], "sigma": None}, {"subset": 100})
     writer.record_measures("r1", {"margin": 0.25}, {"subset": 50})
     got = {(m["name"], m["options"]["subset"]): m["value"] for m in writer.measures("r1")}

@@ -46,6 +46,7 @@ class RunResult:
     step_losses: list[float] = field(default_factory=list)
     cached: bool = False  # True when the finished run was read back from the store
     measures: dict = field(default_factory=dict)  # stored measures, where a recipe asks for them
+    examples: list[dict] = field(default_factory=list)  # per-example records (track_examples), until stored
 
     @property
     def train_acc(self):
@@ -431,7 +432,9 @@ def summarize(
         "precision": "bf16 autocast" if cfg.bf16 and device.type == "cuda" else "float32",
         **({"test_top5": last["test_top5"]} if "test_top5" in last else {}),
     }
-    return RunResult(spec.run_id, result.status, spec, summary, result.evals, result.step_losses)
+    return RunResult(
+        spec.run_id, result.status, spec, summary, result.evals, result.step_losses, examples=result.examples
+    )
 
 
 def start(db: Store, specs: RunSpec | list[RunSpec], status: str = "running") -> None:
@@ -457,6 +460,7 @@ def record(db: Store, result: RunResult) -> None:
         s,
         result.evals,
         result.step_losses,
+        result.examples,
         data_checksum=s.get("data_checksum"),
         device=s.get("device"),
         num_params=s.get("num_params"),

@@ -41,7 +41,17 @@ MAX_STEP_FLOPS = {"cpu": 100e6, "cuda": 2e9}
 MAX_MODELS = 16
 MLPS = ("mlp", "mlp1x512", "mlp3x512")
 # Fields each model of a batch keeps for itself (MLPs also their widths).
-PER_MODEL = ("seed", "randomize", "p", "test_labels", "test_inputs", "fit_threshold", "stop_on_fit", "stop_loss")
+PER_MODEL = (
+    "seed",
+    "randomize",
+    "p",
+    "test_labels",
+    "test_inputs",
+    "fit_threshold",
+    "stop_on_fit",
+    "stop_loss",
+    "track_examples",
+)
 MLP_SHAPE = ("model", "hidden", "width")
 
 

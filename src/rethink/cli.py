@@ -27,6 +27,7 @@ from .options import (
     DemoOptions,
     ExportOptions,
     MeasureOptions,
+    MemorizationOptions,
     ModelsOptions,
     ReportOptions,
     ReproduceOptions,
@@ -47,15 +48,18 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _use_threads(args: argparse.Namespace) -> None:
+def _use_threads(args: argparse.Namespace) -> int | None:
+    """Apply --threads; returns the thread count before it (None: unchanged), for main to restore."""
     threads = getattr(args, "threads", None)
     if threads is None:
-        return
+        return None
     if threads < 1:
         raise UserError(f"--threads {threads} must be at least 1")
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    return before
 
 
 def _interrupted(e: KeyboardInterrupt) -> str:
@@ -265,8 +269,9 @@ def cmd_models(args) -> int:
 def cmd_runs(args) -> int:
     from .store import Store
 
-    rows = []
-    for r in Store(args.store, readonly=True).runs():
+    db = Store(args.store, readonly=True)
+    rows, tracked = [], db.examples_bytes()
+    for r in db.runs():
         sp, s = r["spec"], r["summary"] or {}
         test = sp["randomize"] + (f" p={sp['p']}" if sp["randomize"] == "partial-labels" else "")
         rows.append(
@@ -279,16 +284,24 @@ def cmd_runs(args) -> int:
                 _pct(s.get("train_acc")),
                 _pct(s.get("test_acc")),
                 fmt_fit(s.get("time_to_fit")) if s else "",
+                *([f"{tracked[r['run_id']] / 1024:.1f} KiB" if r["run_id"] in tracked else ""] if tracked else []),
             ]
         )
-    print(_table(rows, ["run", "status", "dataset", "model", "test", "train acc", "test acc", "time to fit"]))
+    header = ["run", "status", "dataset", "model", "test", "train acc", "test acc", "time to fit"]
+    print(_table(rows, header + (["tracked"] if tracked else [])))
     return 0
 
 
 def cmd_export(args) -> int:
     from .store import Store
 
-    n = Store(args.store, readonly=True).export_csv(args.out, args.what, args.run_id or None)
+    db = Store(args.store, readonly=True)
+    if args.format == "parquet":
+        from .analysis import export_parquet
+
+        n = export_parquet(db, args.out, args.what, args.run_id or None)
+    else:
+        n = db.export_csv(args.out, args.what, args.run_id or None)
     if args.out != "-":
         print(f"wrote {n} rows to {args.out}", file=sys.stderr)
     return 0
@@ -511,6 +524,32 @@ def cmd_correlate(args) -> int:
     return 0
 
 
+def cmd_memorization(args) -> int:
+    import torch
+
+    from . import api
+    from .memorization.stored import memorization, memorization_output
+    from .report import close, save, to_markdown
+    from .spec import from_dict
+    from .store import Store
+
+    db = Store(args.store, readonly=True)
+    run = db.get_run(args.run_id)
+    prepared = api.prepare(from_dict(run["spec"]), torch.device("cpu")) if run else None
+    result = memorization(db, args.run_id, prepared)
+    output = memorization_output(result, prepared.data.x_train.cpu())
+    try:
+        save(output, args.out)
+    finally:
+        close(output)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(to_markdown(output.tables[0]) + "\n")
+    print(f"wrote the table and figure to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _json_safe(value):
     """``value`` with NaN (an undefined tau or psi) as null, which every JSON reader takes."""
     if isinstance(value, dict):
@@ -574,9 +613,14 @@ COMMANDS = {
     "models": Command(cmd_models, "list registered models with their parameter counts", (ModelsOptions,)),
     "datasets": Command(cmd_datasets, "list the dataset sources"),
     "runs": Command(cmd_runs, "list the runs in a store", (StoreOptions,)),
-    "export": Command(cmd_export, "write a store's metrics as CSV", (ExportOptions,)),
+    "export": Command(cmd_export, "write a store's metrics as CSV or parquet", (ExportOptions,)),
     "bound": Command(
         cmd_bound, "a non-vacuous PAC-Bayes certificate of a stored run (Dziugaite & Roy 2017)", (BoundOptions,)
+    ),
+    "memorization": Command(
+        cmd_memorization,
+        "which training examples a --track-examples run learned when: clean against corrupted",
+        (MemorizationOptions,),
     ),
     "correlate": Command(
         cmd_correlate,
@@ -649,8 +693,9 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()  # (where handlers can be set)
     on_term = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    threads_before = None
     try:
-        _use_threads(args)
+        threads_before = _use_threads(args)
         speed_settings()  # this process is the command's own: train at the engine's full speed
         code = args.func(args)
         sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
@@ -673,6 +718,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if on_term is not None:
             signal.signal(signal.SIGTERM, on_term)
+        if threads_before is not None:  # a caller in this process (Python, tests) keeps its own count
+            import torch
+
+            torch.set_num_threads(threads_before)
     if "rethink.distributed" in sys.modules:  # under torchrun: every rank leaves together
         sys.modules["rethink.distributed"].leave()
     return code

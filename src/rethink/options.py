@@ -115,8 +115,13 @@ class ModelsOptions:
 
 @dataclass(frozen=True)
 class ExportOptions(StoreOptions):
-    out: str = option("-", "CSV file (-: stdout)")
+    out: str = option("-", "the file (-: stdout, CSV only)")
     what: str = option("evals", "evaluations, training steps or one row per run", choices=("evals", "steps", "runs"))
+    format: str = option(
+        "csv",
+        "csv, or parquet (the same columns, typed; needs pandas and pyarrow: rethink[analysis])",
+        choices=("csv", "parquet"),
+    )
     run_id: list[str] | None = option(None, "only this run (repeatable)", action="append")
 
 
@@ -143,6 +148,15 @@ class BoundOptions(StoreOptions):
     samples: int = option(200, "weight samples for the Monte Carlo training and test errors")
     checkpoint_dir: str | None = option(None, "where the run's checkpoint is (default: beside the store)")
     json: bool = option(False, "print the certificate as JSON on stdout")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemorizationOptions(StoreOptions):
+    """``rethink memorization``: what a run trained with --track-examples learned when."""
+
+    run_id: str = option(help="a run trained with --track-examples ('rethink runs' lists them)")
+    out: str = option("results/memorization", "folder for the table (Markdown, LaTeX) and the figure")
+    json: bool = option(False, "print the summary as JSON on stdout")
 
 
 @dataclass(frozen=True)

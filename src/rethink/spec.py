@@ -24,7 +24,7 @@ FALLBACK_LR = 0.01
 NOT_HASHED = ("data_dir", "loader_workers")
 # Fields added after stores existed, with their defaults: hashed only when set to another value,
 # so the runs stored before them keep their ids.
-HASHED_IF_SET = {"stream": False, "image_size": 299, "binary": False}
+HASHED_IF_SET = {"stream": False, "image_size": 299, "binary": False, "track_examples": False}
 # Fields whose value is itself a list (in flags: a comma list).
 LIST_FIELDS = ("augment", "hidden")
 
@@ -92,6 +92,11 @@ class RunSpec:
     stop_on_fit: bool = option(True, "train to the budget even after fitting (time to fit is still recorded)")
     stop_loss: float | None = option(
         None, "end the run when the full training loss falls to this value (status converged)"
+    )
+    track_examples: bool = option(
+        False,
+        "record at every evaluation which training examples the model classifies as their training label, "
+        "and each one's loss (for 'rethink memorization')",
     )
     # execution
     seed: int = option(0, "one seed for data randomization, subset, initialization, batch order and augmentation")
@@ -227,6 +232,11 @@ def _validate_stream(s: RunSpec) -> None:
             )
     if s.crop != "auto":
         raise UserError(f"--crop {s.crop} applies to in-memory data; with --stream images are cropped to --image-size")
+    if s.track_examples:
+        raise UserError(
+            "--track-examples needs the training set in memory (it records every example at every evaluation); "
+            "drop --stream, or drop --track-examples"
+        )
 
 
 # -- construction from plain values (CLI flags, TOML, JSON) ------------------------------------

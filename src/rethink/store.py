@@ -17,11 +17,13 @@ import sqlite3
 import sys
 import time
 import uuid
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError, make_folder
 
-SCHEMA_VERSION = 3  # 2: the meta table (store id) and the owner of a running run; 3: measures
+SCHEMA_VERSION = 4  # 2: the meta table (store id) and the owner of a running run; 3: measures; 4: examples
 # An evaluation's metrics (rethink.train.engine.evaluate), stored after its place and time.
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "corrupted_acc_noisy", "corrupted_acc_true", "clean_acc")
 EVAL_COLUMNS = ("step", "epoch", "seconds", "lr", *METRICS)
@@ -61,11 +63,15 @@ CREATE TABLE IF NOT EXISTS measures (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     name TEXT NOT NULL, options TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (run_id, name, options)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS examples (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    step INTEGER NOT NULL, correct BLOB NOT NULL, loss BLOB NOT NULL, PRIMARY KEY (run_id, step)) WITHOUT ROWID;
 """
 # From each older schema version to the next (CREATE TABLE IF NOT EXISTS adds the new tables).
 _MIGRATIONS = {
     1: [f"ALTER TABLE runs ADD COLUMN {c} {t}" for c, t in zip(OWNER_COLUMNS, ("INTEGER", "TEXT", "INTEGER"))],
     2: [],
+    3: [],
 }
 
 
@@ -236,13 +242,25 @@ class Store:
         return self.start_runs([(run_id, spec)], status, **info)
 
     def finish_run(
-        self, run_id: str, status: str, summary: dict, evals: list[dict], step_losses: list[float], **info
+        self,
+        run_id: str,
+        status: str,
+        summary: dict,
+        evals: list[dict],
+        step_losses: list[float],
+        examples: list[dict] = (),
+        **info,
     ) -> None:
-        """Write a run's status, summary, all its metrics and ``info`` (data_checksum, device,
-        num_params) in one transaction."""
+        """Write a run's status, summary, all its metrics, its per-example records (``examples``:
+        step, correct, loss, as :func:`rethink.train.engine.example_records` makes them; stored
+        zlib-compressed) and ``info`` (data_checksum, device, num_params) in one transaction."""
         with self.transaction():
-            self.db.execute("DELETE FROM evals WHERE run_id = ?", (run_id,))
-            self.db.execute("DELETE FROM steps WHERE run_id = ?", (run_id,))
+            for table in ("evals", "steps", "examples"):
+                self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            self.db.executemany(
+                "INSERT INTO examples (run_id, step, correct, loss) VALUES (?, ?, ?, ?)",
+                [(run_id, e["step"], zlib.compress(e["correct"]), zlib.compress(e["loss"])) for e in examples],
+            )
             self.db.executemany(
                 f"INSERT INTO evals (run_id, {', '.join(EVAL_COLUMNS)}) VALUES (?{', ?' * len(EVAL_COLUMNS)})",
                 [(run_id, *(row.get(c) for c in EVAL_COLUMNS)) for row in evals],
@@ -303,6 +321,25 @@ class Store:
         rows = self.db.execute("SELECT loss FROM steps WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
         return [r[0] if r[0] is not None else float("nan") for r in rows]
 
+    def examples(self, run_id: str) -> list[dict]:
+        """A run's per-example records, one per evaluation: step, correct (a bitset), loss (float16),
+        in :mod:`rethink.memorization.tracking`'s format; none in an older store."""
+        if self.version < 4:
+            return []
+        rows = self.db.execute(
+            "SELECT step, correct, loss FROM examples WHERE run_id = ? ORDER BY step", (run_id,)
+        ).fetchall()
+        return [{"step": s, "correct": zlib.decompress(c), "loss": zlib.decompress(v)} for s, c, v in rows]
+
+    def examples_bytes(self) -> dict[str, int]:
+        """Bytes each run's per-example records take in the store (runs without records left out)."""
+        if self.version < 4:
+            return {}
+        rows = self.db.execute(
+            "SELECT run_id, SUM(length(correct) + length(loss)) FROM examples GROUP BY run_id"
+        ).fetchall()
+        return dict(rows)
+
     def record_measures(self, run_id: str, values: dict, options: dict) -> None:
         """Store a run's measures (name -> a number, None, or a list), computed with ``options``
         (JSON-able; the same measure under other options is kept beside it)."""
@@ -331,51 +368,55 @@ class Store:
             for n, sc, o, r, c in rows
         ]
 
-    def export_csv(self, path: str, what: str = "evals", run_ids: list[str] | None = None) -> int:
-        """Write evaluations (or per-step losses, or the runs table) as CSV; returns the row count."""
-        known = [r["run_id"] for r in self.runs()]
+    def export_rows(self, what: str = "evals", run_ids: list[str] | None = None) -> tuple[list[str], Iterator[list]]:
+        """The header and rows (read as they are iterated) that ``rethink export`` writes:
+        evaluations, per-step losses, or the runs table (spec and summary as JSON); a run id not in
+        the store is a UserError."""
+        runs = self.runs()
+        known = [r["run_id"] for r in runs]
         missing = [rid for rid in run_ids or () if rid not in known]
         if missing:
             raise UserError(
                 f"run {missing[0]} is not in the store {self.path}; 'rethink runs --store {self.path}' lists its runs"
             )
         ids = run_ids or known
-        wanted = set(ids)
+        if what == "runs":
+            wanted = set(ids)
+            header = ["run_id", "status", "created", "num_params", "data_checksum", "spec", "summary"]
+            rows = (
+                [
+                    r["run_id"],
+                    r["state"],
+                    r["created"],
+                    r["num_params"],
+                    r["data_checksum"],
+                    json.dumps(r["spec"]),
+                    json.dumps(r["summary"]),
+                ]
+                for r in runs
+                if r["run_id"] in wanted
+            )
+        elif what == "steps":
+            header = ["run_id", "step", "loss"]
+            rows = ([rid, i + 1, loss] for rid in ids for i, loss in enumerate(self.step_losses(rid)))
+        else:
+            header = ["run_id", *EVAL_COLUMNS]
+            rows = ([rid, *(row[c] for c in EVAL_COLUMNS)] for rid in ids for row in self.evals(rid))
+        return header, rows
+
+    def export_csv(self, path: str, what: str = "evals", run_ids: list[str] | None = None) -> int:
+        """Write evaluations (or per-step losses, or the runs table) as CSV; returns the row count."""
+        header, rows = self.export_rows(what, run_ids)
         try:
             f = open(path, "w", newline="") if path != "-" else None
         except OSError as e:
             raise UserError(f"cannot write {path} ({e.strerror}); pass --out with a writable path") from None
-        out = f or sys.stdout
-        w = csv.writer(out)
+        w = csv.writer(f or sys.stdout)
+        w.writerow(header)
         count = 0
-        if what == "runs":
-            w.writerow(["run_id", "status", "created", "num_params", "data_checksum", "spec", "summary"])
-            for r in self.runs():
-                if r["run_id"] in wanted:
-                    w.writerow(
-                        [
-                            r["run_id"],
-                            r["state"],
-                            r["created"],
-                            r["num_params"],
-                            r["data_checksum"],
-                            json.dumps(r["spec"]),
-                            json.dumps(r["summary"]),
-                        ]
-                    )
-                    count += 1
-        elif what == "steps":
-            w.writerow(["run_id", "step", "loss"])
-            for rid in ids:
-                for i, loss in enumerate(self.step_losses(rid)):
-                    w.writerow([rid, i + 1, loss])
-                    count += 1
-        else:
-            w.writerow(["run_id", *EVAL_COLUMNS])
-            for rid in ids:
-                for row in self.evals(rid):
-                    w.writerow([rid, *(row[c] for c in EVAL_COLUMNS)])
-                    count += 1
+        for row in rows:
+            w.writerow(row)
+            count += 1
         if f:
             f.close()
         return count

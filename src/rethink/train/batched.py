@@ -218,32 +218,37 @@ class _Stack:
         return self.losses[q, first:end].tolist()
 
     @torch.inference_mode()
-    def _predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], torch.Tensor]:
-        """Every member's mean cross-entropy and predicted classes on its own set (eval mode), in
-        chunks of about ``EVAL_ELEMENTS`` activations of the widest layer for all K together."""
+    def _predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+        """Every member's mean cross-entropy, predicted classes and per-example cross-entropy (K x n)
+        on its own set (eval mode), in chunks of about ``EVAL_ELEMENTS`` activations of the widest
+        layer for all K together."""
         k, n = y.shape
         if self.fused is not None:
             chunk = max(1, EVAL_ELEMENTS // (k * max(p.shape[1] for p in self.params.values())))
         else:
             chunk = max(1, eval_batch(self.template) // k)
-        total, preds = torch.zeros(k, device=x.device, dtype=torch.float64), []
+        total, losses, preds = torch.zeros(k, device=x.device, dtype=torch.float64), [], []
         if self.fused is None:  # (a plain MLP has no layer that trains and evaluates differently)
             self.template.eval()
         for i in range(0, n, chunk):
             with autocast(self.cfg, x.device):
                 logits = self.logits(x[:, i : i + chunk]).float()
-            total += F.cross_entropy(logits, y[:, i : i + chunk], reduction="none").sum(1).double()
+            losses.append(F.cross_entropy(logits, y[:, i : i + chunk], reduction="none"))
+            total += losses[-1].sum(1).double()
             preds.append(logits.max(1).indices)  # argmax over a non-inner dimension: measured 15x slower
         if self.fused is None:
             self.template.train()
-        return (total / max(n, 1)).tolist(), torch.cat(preds, 1)
+        return (total / max(n, 1)).tolist(), torch.cat(preds, 1), torch.cat(losses, 1)
 
     def evaluate(self) -> list[dict]:
         """engine.evaluate's numbers for every member."""
-        train_loss, p_train = self._predict(self.x_train, self.y_train)
-        test_loss, p_test = self._predict(self.x_test, self.y_test)
+        train_loss, p_train, each = self._predict(self.x_train, self.y_train)
+        test_loss, p_test, _ = self._predict(self.x_test, self.y_test)
+        tracked = [m.cfg.track_examples for m in self.members]
         return stacked_metrics(
-            self.y_train, self.y_true, self.changed, p_train, self.y_test, p_test, train_loss, test_loss
+            *(self.y_train, self.y_true, self.changed, p_train, self.y_test, p_test, train_loss, test_loss),
+            each if any(tracked) else None,
+            tracked,
         )
 
     def release(self, positions: list[int]) -> None:

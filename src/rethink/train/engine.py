@@ -83,9 +83,9 @@ class TrainData:
                 xb = self.x_train.index_select(0, shard.take(idx))
             yield xb, self.y_train.index_select(0, shard.take(idx)), len(idx)
 
-    def evaluate(self, model: torch.nn.Module, shard: Shard) -> dict:
+    def evaluate(self, model: torch.nn.Module, shard: Shard, track: bool = False) -> dict:
         """:func:`evaluate` on rank 0, its numbers shared with every rank."""
-        return shard.broadcast(evaluate(model, self) if shard.rank == 0 else None)
+        return shard.broadcast(evaluate(model, self, track) if shard.rank == 0 else None)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
@@ -127,40 +127,64 @@ def autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast("cuda", torch.bfloat16) if uses_bf16(cfg, device) else contextlib.nullcontext()
 
 
-@torch.inference_mode()
 def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
     """Mean cross-entropy and predicted classes over a whole set, in eval mode and batches of
     :func:`eval_batch` examples."""
+    loss, preds, _ = predict_each(model, x, y, False)
+    return loss, preds
+
+
+@torch.inference_mode()
+def predict_each(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, each: bool = True):
+    """:func:`predict`, and with ``each`` also every example's cross-entropy (else None)."""
     was_training = model.training
     model.eval()
     size = eval_batch(model)
-    total, preds = torch.zeros((), device=x.device, dtype=torch.float64), []
+    total, losses, preds = torch.zeros((), device=x.device, dtype=torch.float64), [], []
     for i in range(0, len(x), size):
         logits = model(x[i : i + size]).float()
         total += F.cross_entropy(logits, y[i : i + size], reduction="sum").double()
+        if each:
+            losses.append(F.cross_entropy(logits, y[i : i + size], reduction="none"))
         preds.append(logits.argmax(1))
     model.train(was_training)
-    return float(total) / max(len(x), 1), torch.cat(preds)
+    return float(total) / max(len(x), 1), torch.cat(preds), torch.cat(losses) if each else None
 
 
-def evaluate(model: torch.nn.Module, data: TrainData) -> dict:
+def evaluate(model: torch.nn.Module, data: TrainData, track: bool = False) -> dict:
     """Loss and accuracy on the full training set (its training labels) and the test set; on
-    the corrupted part against its noisy and its true labels, and on the clean part."""
-    train_loss, p_train = predict(model, data.x_train, data.y_train)
+    the corrupted part against its noisy and its true labels, and on the clean part; with
+    ``track``, also each training example's record (:func:`stacked_metrics`)."""
+    train_loss, p_train, each = predict_each(model, data.x_train, data.y_train, track)
     test_loss, p_test = predict(model, data.x_test, data.y_test)
-    return metrics(data, train_loss, p_train, test_loss, p_test)
+    return metrics(data, train_loss, p_train, test_loss, p_test, each)
 
 
-def metrics(data: TrainData, train_loss: float, p_train: torch.Tensor, test_loss: float, p_test: torch.Tensor) -> dict:
+def metrics(
+    data: TrainData, train_loss: float, p_train: torch.Tensor, test_loss: float, p_test: torch.Tensor, each=None
+) -> dict:
     """An evaluation's numbers from the mean losses and predicted classes on both sets."""
     one = [t.unsqueeze(0) for t in (data.y_train, data.y_train_true, data.changed, p_train, data.y_test, p_test)]
-    return stacked_metrics(*one, [train_loss], [test_loss])[0]
+    return stacked_metrics(*one, [train_loss], [test_loss], None if each is None else each.unsqueeze(0))[0]
 
 
-def stacked_metrics(y_train, y_true, changed, p_train, y_test, p_test, train_loss: list, test_loss: list) -> list[dict]:
+def example_records(correct: torch.Tensor, each: torch.Tensor) -> list[dict]:
+    """Per model (leading dimension K): which training examples it classifies as their training
+    label (a bitset) and their losses (float16), :mod:`rethink.memorization.tracking`'s format."""
+    from ..memorization.tracking import pack, pack_losses
+
+    correct, each = correct.cpu().numpy(), each.float().cpu().numpy()
+    return [{"correct": pack(c), "loss": pack_losses(e)} for c, e in zip(correct, each)]
+
+
+def stacked_metrics(
+    y_train, y_true, changed, p_train, y_test, p_test, train_loss: list, test_loss: list, each=None, tracked=None
+) -> list[dict]:
     """:func:`metrics` for K models at once: every tensor has a leading dimension of K (their
     training labels, true labels, changed masks and predictions; test labels and predictions),
-    and all K rows are read back from the device in one transfer."""
+    and all K rows are read back from the device in one transfer. ``each`` (K x n per-example
+    training losses): the rows of the models ``tracked`` (a list of K bools; all by default) get
+    ``examples``, their :func:`example_records`."""
     correct, correct_true, test_correct = p_train == y_train, p_train == y_true, p_test == y_test
     counts = torch.stack(
         [
@@ -178,7 +202,7 @@ def stacked_metrics(y_train, y_true, changed, p_train, y_test, p_test, train_los
     def ratio(a, b):
         return a / b if b else None
 
-    return [
+    rows = [
         {
             "train_loss": tl,
             "train_acc": ratio(ok, n),
@@ -190,6 +214,11 @@ def stacked_metrics(y_train, y_true, changed, p_train, y_test, p_test, train_los
         }
         for (ok, noisy, true, clean, k, test_ok), tl, vl in zip(counts, train_loss, test_loss)
     ]
+    if each is not None:
+        for row, record, keep in zip(rows, example_records(correct, each), tracked or [True] * len(rows)):
+            if keep:
+                row["examples"] = record
+    return rows
 
 
 class _Solo:
@@ -263,6 +292,8 @@ class _Solo:
 
     def evaluate(self) -> list[dict]:
         with autocast(self.cfg, self.data.device):
+            if self.cfg.track_examples:  # (streamed data, which cannot be tracked, takes no track argument)
+                return [self.data.evaluate(self.model, self.shard, track=True)]
             return [self.data.evaluate(self.model, self.shard)]
 
     def state(self, q: int) -> tuple[dict, dict]:

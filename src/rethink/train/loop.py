@@ -23,7 +23,7 @@ import torch
 
 from ..spec import RunSpec
 
-_RESUMED = ("status", "evals", "step_losses", "time_to_fit", "steps", "train_seconds", "eval_seconds")
+_RESUMED = ("status", "evals", "step_losses", "time_to_fit", "steps", "train_seconds", "eval_seconds", "examples")
 
 
 @dataclass
@@ -42,6 +42,7 @@ class TrainConfig:
     fit_threshold: float = RunSpec.fit_threshold
     stop_on_fit: bool = RunSpec.stop_on_fit
     stop_loss: float | None = RunSpec.stop_loss
+    track_examples: bool = RunSpec.track_examples
     seed: int = RunSpec.seed
     bf16: bool = True  # on CUDA: bf16 autocast, float32 weights (CPU always trains in float32)
     compile: bool = False  # torch.compile the training step's model
@@ -58,6 +59,7 @@ class TrainResult:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     checkpoint_step: int | None = None  # the step of the last checkpoint written or resumed from
+    examples: list[dict] = field(default_factory=list)  # per evaluation with track_examples: step, correct, loss
 
 
 @dataclass
@@ -153,7 +155,7 @@ def restored(resume: dict | None) -> tuple[TrainResult, tuple[int, int]]:
     res = TrainResult(status="budget")
     if resume is not None:
         for k in _RESUMED:
-            setattr(res, k, resume["result"][k])
+            setattr(res, k, resume["result"].get(k, getattr(res, k)))  # checkpoints before a key: its default
         res.checkpoint_step = res.steps
     return res, resume_place(resume)
 
@@ -356,6 +358,8 @@ class Loop:
         for i, row in zip(self.active, rows):
             res = self.results[i]
             res.steps = self.step
+            if "examples" in row:  # per-example records travel beside the evaluation rows
+                res.examples.append({"step": self.step, **row.pop("examples")})
             record_eval(
                 res,
                 self.members[i].cfg,
