@@ -19,7 +19,7 @@ $(VENV)/bin/python:
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[test,cluster,analysis,docs]"
+	$(PIP) install --quiet -e ".[test,cluster,analysis,docs,tensorboard]"
 	touch $@
 
 $(IMAGENET_STAMP): pyproject.toml

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from . import tensorboard as tb
 from .data import load_dataset, subset
 from .data.dataset import binarize
 from .data.randomize import randomize
@@ -343,6 +344,7 @@ def execute(
     on_start=None,
     compile: bool = False,
     store_id: str | None = None,
+    tensorboard: str | None = None,
 ) -> RunResult:
     """Train one spec, with no store: load and randomize the data, build the model, train.
 
@@ -352,6 +354,7 @@ def execute(
     data and model are ready, just before training (bad input has been reported by then). An
     interrupted run (Ctrl-C) comes back with status "interrupted". Safe to call in a worker process.
     ``compile`` trains through ``torch.compile`` (same arithmetic up to float rounding).
+    ``tensorboard``: a folder for the run's live scalars (:mod:`rethink.tensorboard`).
     """
     device = distributed.setup(resolve_device(spec.device))  # under torchrun: join the ranks
     set_deterministic(device)
@@ -363,16 +366,22 @@ def execute(
     if on_start:
         on_start()
     cfg = dataclasses.replace(train_config(spec), compile=compile)
-    result = train(
-        model,
-        prepared.data,
-        cfg,
-        checkpoint_path=checkpoint_path,
-        resume=state,
-        on_progress=on_progress,
-        checkpoint_extra={"run_id": spec.run_id, "data_checksum": checksum, "store_id": store_id},
-        checkpoint_interval=checkpoint_interval,
-    )
+    board = tb.open_board(tensorboard, spec, state) if distributed.rank() == 0 else None
+    try:
+        result = train(
+            model,
+            prepared.data,
+            cfg,
+            checkpoint_path=checkpoint_path,
+            resume=state,
+            on_progress=on_progress,
+            checkpoint_extra={"run_id": spec.run_id, "data_checksum": checksum, "store_id": store_id},
+            checkpoint_interval=checkpoint_interval,
+            board=board,
+        )
+    finally:
+        if board is not None:
+            board.close()
     return summarize(spec, prepared, model, cfg, result, device)
 
 
@@ -476,6 +485,7 @@ def run(
     checkpoint_interval: float | None = 60.0,
     on_progress=None,
     compile: bool = False,
+    tensorboard: str | None = None,
 ) -> RunResult:
     """Run one spec (a :class:`RunSpec` or a dict of its fields) and record it in ``store``.
 
@@ -484,9 +494,12 @@ def run(
     ``checkpoint_dir`` (default: the store's own ``NAME.checkpoints/`` beside it) at the end of an epoch once
     ``checkpoint_interval`` seconds have passed since the last (0: every epoch; None: never); an
     interrupted run resumes from its checkpoint. ``compile`` trains through ``torch.compile``.
+    ``tensorboard``: a folder for the run's live scalars (a run read back from the store writes none).
     Returns a :class:`RunResult`; raises KeyboardInterrupt after recording an interrupted run.
     """
     spec = spec if isinstance(spec, RunSpec) else from_dict(spec)
+    if tensorboard is not None:
+        tb.require()  # before any training
     if isinstance(store, (str, os.PathLike)):  # a store this call opens, it closes (its WAL files go with it)
         with contextlib.closing(Store(store)) as db:
             return run(
@@ -497,6 +510,7 @@ def run(
                 checkpoint_interval=checkpoint_interval,
                 on_progress=on_progress,
                 compile=compile,
+                tensorboard=tensorboard,
             )
     db = store
     if not force and (stored := lookup(db, spec)) is not None:
@@ -512,6 +526,7 @@ def run(
         on_start=(lambda: start(writer, spec)) if writer is not None else None,
         compile=compile,
         store_id=db.store_id if db is not None else None,
+        tensorboard=tensorboard,
     )
     if writer is not None:
         record(writer, result)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from . import api, distributed
+from . import tensorboard as tb
 from .models.mlp import mlp
 from .spec import FIELD_NAMES, RunSpec
 from .train.batched import Member, train_batched
@@ -166,7 +167,7 @@ def execute_group(group: GroupJob, on_progress=None) -> list[api.RunResult]:
     specs = [job.spec for job in group.jobs]
     device = api.resolve_device(specs[0].device)
     api.set_deterministic(device)
-    members, prepared = [], []
+    members, prepared, boards = [], [], []
     for job in group.jobs:
         p = api.prepare(job.spec, device)
         model = api.build_model(job.spec, p.input_shape, p.num_classes).to(device)
@@ -174,6 +175,7 @@ def execute_group(group: GroupJob, on_progress=None) -> list[api.RunResult]:
         state = (
             api.load_checkpoint(job.checkpoint_path, job.spec, checksum, device, job.store_id) if job.resume else None
         )
+        boards.append(tb.open_board(job.tensorboard, job.spec, state))
         members.append(
             Member(
                 model,
@@ -182,13 +184,19 @@ def execute_group(group: GroupJob, on_progress=None) -> list[api.RunResult]:
                 job.checkpoint_path,
                 state,
                 {"run_id": job.spec.run_id, "data_checksum": checksum, "store_id": job.store_id},
+                boards[-1],
             )
         )
         prepared.append(p)
     template = _template([m.model for m in members], prepared[0].input_shape, prepared[0].num_classes)
-    results = train_batched(
-        members, template=template, checkpoint_interval=group.jobs[0].checkpoint_interval, on_progress=on_progress
-    )
+    try:
+        results = train_batched(
+            members, template=template, checkpoint_interval=group.jobs[0].checkpoint_interval, on_progress=on_progress
+        )
+    finally:
+        for board in boards:
+            if board is not None:
+                board.close()
     return [
         api.summarize(s, p, m.model, m.cfg, r, device, models_in_batch=len(members))
         for s, p, m, r in zip(specs, prepared, members, results)

@@ -108,7 +108,7 @@ def fmt_fit(ttf) -> str:
 
 
 # The flags of a command that trains, passed on by name to the API that does it.
-TRAINING = ("store", "force", "checkpoint_dir", "checkpoint_interval", "compile")
+TRAINING = ("store", "force", "checkpoint_dir", "checkpoint_interval", "compile", "tensorboard")
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict:
@@ -222,7 +222,9 @@ def cmd_reproduce(args) -> int:
     from .recipes import reproduce
     from .report import to_markdown
 
-    given = _given(args, "dataset", "data_dir", "seeds", "out", "store", "executor", "workers", "compile")
+    given = _given(
+        args, "dataset", "data_dir", "seeds", "out", "store", "executor", "workers", "compile", "tensorboard"
+    )
     output, _ = reproduce(args.name, args.scale, progress=not args.quiet and rank() == 0, **given)
     for table in output.tables if rank() == 0 else ():  # under torchrun, rank 0 alone reports
         print(to_markdown(table) + "\n")

@@ -35,6 +35,7 @@ class Job:
     resume: bool
     compile: bool = False  # train through torch.compile (runs that train alone)
     store_id: str | None = None  # the store the run belongs to, recorded in its checkpoints
+    tensorboard: str | None = None  # the folder of live scalars (rethink.tensorboard), written where it trains
 
 
 def job_key(job: Job | GroupJob) -> str:
@@ -57,6 +58,7 @@ def work(job: Job | GroupJob, on_progress=None) -> api.RunResult | list[api.RunR
             resume=job.resume,
             compile=job.compile,
             store_id=job.store_id,
+            tensorboard=job.tensorboard,
             on_progress=report and (lambda step, total, row: report(step, total, 0)),
         )
     if _in_worker and stop_requested() is not None:

@@ -17,6 +17,11 @@ COMPILE_HELP = (
     "compiled)"
 )
 
+TENSORBOARD_HELP = (
+    "write live scalars (step loss, evaluations, learning rate) and each run's spec to a subfolder "
+    "per run of DIR for 'tensorboard --logdir DIR' (needs rethink[tensorboard])"
+)
+
 RAY_ADDRESS_HELP = (
     "--executor ray: the cluster, auto (the one this machine belongs to) or ray://HOST:10001; default: start a local "
     "Ray instance with this machine's cores"
@@ -57,6 +62,7 @@ class TrainOptions(StoreOptions):
     json: bool = option(False, "print the results as JSON on stdout")
     quiet: bool = option(False, "no progress bar or table")
     compile: bool = option(False, COMPILE_HELP)
+    tensorboard: str | None = option(None, TENSORBOARD_HELP, metavar="DIR")
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class ReproduceOptions:
     compile: bool | None = option(
         None, COMPILE_HELP + "; default: the scale's choice (cpu: Inception compiled, the rest not), --no-compile: none"
     )
+    tensorboard: str | None = option(None, TENSORBOARD_HELP, metavar="DIR")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable
 
 from . import api, distributed
+from . import tensorboard as tb
 from .batching import plan
 from .errors import UserError
 from .executors import EXECUTORS, Job, job_key
@@ -111,6 +112,7 @@ def run_sweep(
     executor_options: dict | None = None,
     batch: bool = True,
     compile: bool | Callable[[RunSpec], bool] = False,
+    tensorboard: str | None = None,
 ) -> list[api.RunResult]:
     """Run every spec not already finished in ``store``; returns results in the order of ``specs``.
 
@@ -120,8 +122,12 @@ def run_sweep(
     of small models train several at once where :mod:`rethink.batching`'s rule says so. With
     ``compile`` (or the specs for which ``compile(spec)`` is true), runs that train alone train
     through ``torch.compile`` (a batch never does; each run's summary says whether it was compiled).
+    ``tensorboard``: a folder for each trained run's live scalars, written where the run trains (a
+    worker process or Ray task, with ``tensorboard`` a path it can reach); stored runs write none.
     """
     make_executor = EXECUTORS[executor]  # an unknown name: a UserError naming the executors
+    if tensorboard is not None:
+        tb.require()  # before any training
     if workers < 1:
         raise UserError(f"--workers {workers} must be at least 1")
     writes = distributed.rank() == 0  # under torchrun every rank trains each run, rank 0 alone writes
@@ -132,7 +138,7 @@ def run_sweep(
     def job(spec):
         compiled = compile if isinstance(compile, bool) else compile(spec)
         checkpoint = api.checkpoint_file(db, spec, checkpoint_dir)
-        return Job(spec, checkpoint, checkpoint_interval, not force, compiled, db.store_id)
+        return Job(spec, checkpoint, checkpoint_interval, not force, compiled, db.store_id, tensorboard)
 
     results, todo = _split(db, specs, force, job)
     pool = make_executor(workers, **(executor_options or {})) if todo else None  # before any write

@@ -74,10 +74,12 @@ def reproduce(
     workers: int = 1,
     progress: bool = True,
     compile: bool | None = None,
+    tensorboard: str | None = None,
 ) -> tuple[Output, list[str]]:
     """Run (or read back) the recipe's runs, then write its figures and tables to ``out``.
     ``compile``: runs that train alone train through ``torch.compile`` (True), or none do (False);
-    None: the runs of the models the scale's protocol names (``Protocol.compiled``)."""
+    None: the runs of the models the scale's protocol names (``Protocol.compiled``).
+    ``tensorboard``: a folder for the live scalars of the runs it trains (see :func:`run_sweep`)."""
     options = {"dataset": dataset, "data_dir": data_dir}
     specs = recipe_specs(name, scale, options, seeds)
     if compile is None:
@@ -86,7 +88,9 @@ def reproduce(
     out = out or os.path.join("results", name)
     t0 = time.perf_counter()
     db = Store(store)
-    results = run_sweep(specs, db, executor=executor, workers=workers, progress=progress, compile=compile)
+    results = run_sweep(
+        specs, db, executor=executor, workers=workers, progress=progress, compile=compile, tensorboard=tensorboard
+    )
     failed = [r.run_id for r in results if r.status == "failed"]
     if failed:
         raise UserError(

@@ -313,6 +313,7 @@ def train(
     on_progress=None,
     checkpoint_extra: dict | None = None,
     checkpoint_interval: float = 60.0,
+    board=None,
 ) -> TrainResult:
     """Train ``model`` with SGD until it fits, its budget ends, or its loss diverges.
 
@@ -324,11 +325,12 @@ def train(
     ``checkpoint_interval`` seconds have passed since the last one (0: every epoch), at the end of
     training (marked ``finished``), and when SIGINT or SIGTERM stops it (after the current step,
     see :func:`rethink.train.loop.stop_on_signals`; the result is then "interrupted"). Their time
-    counts neither as training nor as evaluation time. Call :func:`speed_settings` first for the
-    engine's full speed on CPUs (the command line does).
+    counts neither as training nor as evaluation time. ``board`` (a
+    :class:`rethink.tensorboard.Board`) gets the step losses and evaluations as they come. Call
+    :func:`speed_settings` first for the engine's full speed on CPUs (the command line does).
     """
     shard = Shard.current()  # this rank's part under torchrun; the whole batch otherwise
-    member = Member(model, data, cfg, checkpoint_path, resume, checkpoint_extra)
+    member = Member(model, data, cfg, checkpoint_path, resume, checkpoint_extra, board)
     res, place = restored(resume)
 
     def report(step, total, ended, rows):

@@ -72,6 +72,7 @@ class Member:
     checkpoint_path: str | None = None
     resume: dict | None = None  # a checkpoint of this model, written by either engine
     checkpoint_extra: dict | None = None  # stored in every checkpoint (e.g. the run id)
+    board: object | None = None  # live scalars (rethink.tensorboard.Board): step losses, evaluations
 
 
 def param_groups(params: list[torch.Tensor], weight_decay: float, lead: int = 0) -> list[dict]:
@@ -373,6 +374,8 @@ class Loop:
                 self.steps_per_epoch,
                 self.eval_every,
             )
+            if self.members[i].board is not None:
+                self.members[i].board.evaluation(res.evals[-1])
         t1 = self.go_on()
         for i in self.active:
             self.results[i].eval_seconds += t1 - t0
@@ -385,10 +388,17 @@ class Loop:
             return
         losses = [self.stepper.epoch_losses(q, self.first, self.batches_done) for q in range(len(self.active))]
         for q, i in enumerate(self.active):
-            self.results[i].step_losses.extend(losses[q])
+            self.add_losses(i, losses[q])
             self.results[i].steps = self.step
         self.first = self.batches_done  # recorded up to here
         self.leave([q for q, loss in enumerate(losses) if not all(map(math.isfinite, loss))], diverged=True)
+
+    def add_losses(self, i: int, losses: list[float]) -> None:
+        """Record member ``i``'s losses of its next steps (and pass them to its board)."""
+        res, board = self.results[i], self.members[i].board
+        if board is not None:
+            board.step_losses(len(res.step_losses) + 1, losses)
+        res.step_losses.extend(losses)
 
     def leave(self, positions: list[int], diverged: bool = False) -> None:
         """The members at these positions end here: the epoch's losses not yet recorded, their
@@ -400,7 +410,7 @@ class Loop:
             res = self.results[self.active[q]]
             if self.batches_done > self.first:
                 losses = self.stepper.epoch_losses(q, self.first, self.batches_done)
-                res.step_losses.extend(losses)
+                self.add_losses(self.active[q], losses)
                 diverged = not all(map(math.isfinite, losses))
             res.steps = self.step
             if diverged:
