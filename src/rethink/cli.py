@@ -527,18 +527,12 @@ def cmd_correlate(args) -> int:
 
 
 def cmd_memorization(args) -> int:
-    import torch
 
-    from . import api
     from .memorization.stored import memorization, memorization_output
     from .report import close, save, to_markdown
-    from .spec import from_dict
     from .store import Store
 
-    db = Store(args.store, readonly=True)
-    run = db.get_run(args.run_id)
-    prepared = api.prepare(from_dict(run["spec"]), torch.device("cpu")) if run else None
-    result = memorization(db, args.run_id, prepared)
+    result, prepared = memorization(Store(args.store, readonly=True), args.run_id)
     output = memorization_output(result, prepared.data.x_train.cpu())
     try:
         save(output, args.out)

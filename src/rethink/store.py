@@ -252,7 +252,7 @@ class Store:
         **info,
     ) -> None:
         """Write a run's status, summary, all its metrics, its per-example records (``examples``:
-        step, correct, loss, as :func:`rethink.train.engine.example_records` makes them; stored
+        step, correct, loss, as :func:`rethink.train.engine.example_record` makes them; stored
         zlib-compressed) and ``info`` (data_checksum, device, num_params) in one transaction."""
         with self.transaction():
             for table in ("evals", "steps", "examples"):

@@ -17,8 +17,8 @@ import re
 
 from .errors import UserError, make_folder
 from .spec import RunSpec
+from .store import METRICS
 
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "corrupted_acc_noisy", "corrupted_acc_true", "clean_acc")
 INSTALL = "pip install 'rethink[tensorboard]'"
 
 

@@ -36,14 +36,14 @@ def records(db: Store, run_id: str) -> tuple[dict, np.ndarray, np.ndarray, np.nd
     return run, steps, correct, losses
 
 
-def memorization(db: Store, run_id: str, prepared: api.Prepared | None = None) -> dict:
+def memorization(db: Store, run_id: str) -> tuple[dict, api.Prepared]:
     """The memorization summary of stored run ``run_id`` (MEASURES.md sec. 5): per group (clean and
     corrupted examples) the first-learned steps, forgetting events, never-learned count and the
     curves of the fraction learned, the corrupted / clean ratio of median first-learned steps, and
-    the indices of the examples learned first and last. ``prepared``: the run's data, when the
-    caller has it (:func:`rethink.api.prepare` of its spec)."""
-    run, steps, correct, losses = records(db, run_id)
-    prepared = prepared or api.prepare(from_dict(run["spec"]), torch.device("cpu"))
+    the indices of the examples learned first and last; with the run's data, prepared again from its
+    spec (:func:`rethink.api.prepare`), whose training images :func:`memorization_output` draws."""
+    run, steps, correct, losses = records(db, run_id)  # a run without records fails before the data loads
+    prepared = api.prepare(from_dict(run["spec"]), torch.device("cpu"))
     changed = prepared.data.changed.cpu().numpy().astype(bool)
     out = summary(correct, steps, changed)
     order = learned_order(correct, steps)
@@ -56,7 +56,7 @@ def memorization(db: Store, run_id: str, prepared: api.Prepared | None = None) -
             "corrupted": float(np.median(losses[-1][changed])) if changed.any() else None,
         },
     )
-    return out
+    return out, prepared
 
 
 def memorization_output(result: dict, images: torch.Tensor | None = None) -> Output:

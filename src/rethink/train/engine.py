@@ -168,13 +168,12 @@ def metrics(
     return stacked_metrics(*one, [train_loss], [test_loss], None if each is None else each.unsqueeze(0))[0]
 
 
-def example_records(correct: torch.Tensor, each: torch.Tensor) -> list[dict]:
-    """Per model (leading dimension K): which training examples it classifies as their training
-    label (a bitset) and their losses (float16), :mod:`rethink.memorization.tracking`'s format."""
+def example_record(correct: torch.Tensor, each: torch.Tensor) -> dict:
+    """One model's record: which training examples it classifies as their training label (a
+    bitset) and their losses (one byte each), :mod:`rethink.memorization.tracking`'s format."""
     from ..memorization.tracking import pack, pack_losses
 
-    correct, each = correct.cpu().numpy(), each.float().cpu().numpy()
-    return [{"correct": pack(c), "loss": pack_losses(e)} for c, e in zip(correct, each)]
+    return {"correct": pack(correct.cpu().numpy()), "loss": pack_losses(each.float().cpu().numpy())}
 
 
 def stacked_metrics(
@@ -184,7 +183,7 @@ def stacked_metrics(
     training labels, true labels, changed masks and predictions; test labels and predictions),
     and all K rows are read back from the device in one transfer. ``each`` (K x n per-example
     training losses): the rows of the models ``tracked`` (a list of K bools; all by default) get
-    ``examples``, their :func:`example_records`."""
+    ``examples``, their :func:`example_record`."""
     correct, correct_true, test_correct = p_train == y_train, p_train == y_true, p_test == y_test
     counts = torch.stack(
         [
@@ -215,9 +214,9 @@ def stacked_metrics(
         for (ok, noisy, true, clean, k, test_ok), tl, vl in zip(counts, train_loss, test_loss)
     ]
     if each is not None:
-        for row, record, keep in zip(rows, example_records(correct, each), tracked or [True] * len(rows)):
+        for q, keep in enumerate(tracked or [True] * len(rows)):
             if keep:
-                row["examples"] = record
+                rows[q]["examples"] = example_record(correct[q], each[q])
     return rows
 
 
